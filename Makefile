@@ -1,0 +1,47 @@
+# The two commands of the contract: `make repro` and `make test`. Both set up .venv from nothing first.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DS_ACCELERATOR := cpu
+
+.PHONY: setup repro test test-all bench lab strip clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+repro: setup
+	dvc repro
+	@echo "report: reports/index.html"
+
+test: setup
+	$(VENV)/bin/python -m pytest -m "not slow" -q
+
+test-all: setup
+	$(VENV)/bin/python -m pytest -q
+
+bench: setup
+	@mkdir -p reports/bench
+	@for f in benchmarks/bench_*.py; do \
+	  [ -e "$$f" ] || continue; \
+	  echo "== $$f"; $(VENV)/bin/python -m benchmarks.$$(basename $$f .py) || exit 1; \
+	done
+
+lab: setup
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser --allow-root
+
+strip:
+	$(VENV)/bin/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb
+
+clean-venv:
+	rm -rf $(VENV)
