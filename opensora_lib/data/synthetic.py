@@ -1,6 +1,6 @@
 """The synthetic world: the embedded default dataset, with known ground truth.
 
-Each sample is a clip or a still: a background (flat colour, gradient, checkerboard or stripes) with one or two
+Each sample is a clip or a still: a background (flat colour, gradient, checkerboard, stripes or dots) with one or two
 objects (circle, square, triangle, diamond, cross; colours from a named palette), each moving left / right / up /
 down or staying still, seen through a camera that is static, pans, tilts or zooms. The camera is a window moved
 over an unbounded world: pixel (u, v) of frame t shows world point
@@ -8,8 +8,9 @@ over an unbounded world: pixel (u, v) of frame t shows world point
     x = W/2 + (u + 0.5 - W/2) / zoom(t) + pan_x(t),   y = H/2 + (v + 0.5 - H/2) / zoom(t) + pan_y(t)
 
 so "pan left" (window moving left) makes the content flow right in the frame, as in Open-Sora's camera-motion
-tool. Backgrounds are functions of world coordinates, so camera motion shows in the pixels (flat backgrounds
-carry no motion cue, so their camera is always static). Shapes are signed-distance functions with one-pixel
+tool. Backgrounds are functions of world coordinates, so camera motion shows in the pixels; a moving camera
+always films a two-dimensional texture (checkered or dotted), since flat, gradient and striped backgrounds would
+hide it. Shapes are signed-distance functions with one-pixel
 anti-aliasing. Object trajectories are chosen so every object stays fully in view for the whole clip.
 
 Everything is drawn from ``numpy.random.default_rng([seed, index])``: a sample depends only on the seed, its
@@ -48,7 +49,10 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 OBJECT_MOTIONS = ("left", "right", "up", "down", "static")
 CAMERA_MOTIONS = ("static", "pan left", "pan right", "tilt up", "tilt down", "zoom in", "zoom out")
-BACKGROUNDS = ("flat", "gradient", "checkered", "striped")
+BACKGROUNDS = ("flat", "gradient", "checkered", "striped", "dotted")
+# Camera motion is only visible on a texture that varies in both directions: a moving camera films a checkered
+# or dotted background (a gradient changes too slowly, stripes hide motion along them, flat shows nothing).
+TEXTURED_BACKGROUNDS = ("checkered", "dotted")
 IMAGE_FPS = 120  # Open-Sora's fps for still images
 FAST_SPEED = 0.8  # px/frame at or above which an object "moves quickly"
 
@@ -87,6 +91,7 @@ class WorldParams:
     fps_choices: str | list = "16,24"
     max_duration: float = 2.2  # seconds
     two_object_fraction: float = 0.3
+    static_camera_fraction: float = 0.3  # share of clips filmed by a static camera
 
     def __post_init__(self):
         if isinstance(self.resolutions, str):
@@ -285,13 +290,14 @@ def sample_spec(params: WorldParams, index: int) -> SampleSpec:
         longest = max(params.min_frames, min(params.max_frames, int(params.max_duration * fps)))
         num_frames = int(rng.integers(params.min_frames, longest + 1))
 
-    background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    camera = "static"
+    if not still and rng.random() >= params.static_camera_fraction:
+        camera = CAMERA_MOTIONS[1 + rng.integers(len(CAMERA_MOTIONS) - 1)]
+    backgrounds = BACKGROUNDS if camera == "static" else TEXTURED_BACKGROUNDS
+    background = backgrounds[rng.integers(len(backgrounds))]
     bg_color, bg_color2 = (str(c) for c in rng.choice(list(PALETTE), size=2, replace=False))
     if background == "flat":
         bg_color2 = ""
-    camera = "static"
-    if not still and background != "flat":
-        camera = CAMERA_MOTIONS[rng.integers(len(CAMERA_MOTIONS))]
     camera_speed = 0.0
     if camera.startswith(("pan", "tilt")):
         camera_speed = float(rng.uniform(0.3, 1.0))
@@ -365,6 +371,10 @@ def _background(spec: SampleSpec, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         m = np.clip(0.5 + 2.0 * np.sin(2 * math.pi * (x * c + y * s) / spec.bg_period), 0, 1)
     elif spec.background == "checkered":
         m = np.clip(0.5 + 2.0 * np.sin(math.pi * x / spec.bg_period) * np.sin(math.pi * y / spec.bg_period), 0, 1)
+    elif spec.background == "dotted":  # a square lattice of soft dots, radius 0.3 period
+        p = spec.bg_period
+        dist = np.hypot(np.mod(x, p) - p / 2, np.mod(y, p) - p / 2)
+        m = np.clip(0.5 + (0.3 * p - dist), 0, 1)
     else:
         raise ValueError(f"unknown background {spec.background!r}; known: {BACKGROUNDS}")
     return a * (1 - m[..., None]) + b * m[..., None]
