@@ -21,6 +21,12 @@ Differences from the reference code are in how things are computed, never in wha
 padding text tokens are excluded with a per-sample boolean attention mask instead of packing all
 captions into one sequence; the per-frame timestep selection (`x_mask`) selects the modulation
 vectors per frame instead of computing every modulated tensor twice. Both give the same numbers.
+
+Sequence parallelism (`set_sequence_parallel(group)`, Open-Sora's Ulysses scheme, see
+`opensora_lib.parallel.sequence_parallel`): the S spatial tokens are split over the ranks after the
+position embedding, spatial attention and cross-attention exchange heads for tokens with two
+all-to-alls, and the narrow final-layer output is gathered before unpatchify. Without a group every
+line of the single-process computation is unchanged.
 """
 
 from __future__ import annotations
@@ -35,6 +41,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from ..parallel.sequence_parallel import (
+    SPContext,
+    broadcast_from_group_rank0,
+    get_sequence_parallel_group,
+    group_size,
+)
 
 IMG_FPS = 120  # fps value given to single images (Open-Sora's IMG_FPS)
 VAE_SPATIAL_FACTOR = 8  # pixels per latent along H and W (used only when height/width are not given)
@@ -259,8 +272,12 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None, sp: SPContext | None = None
+    ) -> torch.Tensor:
         # x: [N, L, C] (N independent sequences of length L)
+        if sp is not None:
+            return self._forward_sp(x, sp)
         N, L, C = x.shape
         qkv = self.qkv(x).view(N, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, N, h, L, d]
         q, k, v = qkv.unbind(0)  # each [N, h, L, d]
@@ -271,6 +288,23 @@ class Attention(nn.Module):
         x = F.scaled_dot_product_attention(q, k, v)  # [N, h, L, d], scale d^-0.5
         x = x.transpose(1, 2).reshape(N, L, C)  # [N, L, C]
         return self.proj(x)
+
+    def _forward_sp(self, x: torch.Tensor, sp: SPContext) -> torch.Tensor:
+        """Sequence-parallel spatial attention: x [N, S_local, C] holds this rank's tokens of N frames.
+
+        One all-to-all turns q, k, v of all heads for my tokens into my heads for all tokens, the
+        attention runs per head over the whole frame (padded tokens masked out as keys), a second
+        all-to-all brings the heads back to the tokens' owners.
+        """
+        N, L, C = x.shape
+        qkv = self.qkv(x).view(N, L, 3, self.num_heads, self.head_dim)  # [N, S_local, 3, h, d]
+        qkv = sp.seq_to_heads(qkv, seq_dim=1, head_dim=3)  # [N, S_pad, 3, h_r, d]
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [N, h_r, S_pad, d]
+        q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.to(v.dtype), k.to(v.dtype)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=sp.key_mask)  # [N, h_r, S_pad, d]
+        x = sp.heads_to_seq(x.transpose(1, 2), seq_dim=1, head_dim=2)  # [N, S_local, h, d]
+        return self.proj(x.reshape(N, L, C))
 
 
 class MultiHeadCrossAttention(nn.Module):
@@ -285,8 +319,12 @@ class MultiHeadCrossAttention(nn.Module):
         self.kv_linear = nn.Linear(d_model, d_model * 2)
         self.proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None, sp: SPContext | None = None
+    ) -> torch.Tensor:
         # x: [B, N, C] image tokens; cond: [B, L, C] caption tokens; cond_mask: [B, L] bool or None (all valid)
+        if sp is not None:
+            return self._forward_sp(x, cond, cond_mask, sp)
         B, N, C = x.shape
         L = cond.shape[1]
         q = self.q_linear(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # [B, h, N, d]
@@ -299,6 +337,29 @@ class MultiHeadCrossAttention(nn.Module):
             out = out.masked_fill(~cond_mask.any(dim=1)[:, None, None, None], 0.0)
         out = out.transpose(1, 2).reshape(B, N, C)  # [B, N, C]
         return self.proj(out)
+
+    def _forward_sp(
+        self, x: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None, sp: SPContext
+    ) -> torch.Tensor:
+        """Sequence-parallel cross-attention (Open-Sora's layout): x [B, T*S_local, C] holds this
+        rank's tokens of T frames; q goes through the all-to-all, k/v of the full caption are computed
+        on every rank and cut to this rank's heads. Each sample keeps its own batch row (the v1.2.0
+        reference viewed q as batch 1 here, mixing samples when B > 1)."""
+        B, N, C = x.shape
+        T, L = N // sp.local_tokens, cond.shape[1]
+        q = self.q_linear(x).view(B, T, sp.local_tokens, self.num_heads, self.head_dim)  # [B, T, S_local, h, d]
+        q = sp.seq_to_heads(q, seq_dim=2, head_dim=3)  # [B, T, S_pad, h_r, d]
+        h_r = q.shape[3]
+        q = q.reshape(B, T * sp.padded_tokens, h_r, self.head_dim).transpose(1, 2)  # [B, h_r, T*S_pad, d]
+        kv = self.kv_linear(cond).view(B, L, 2, self.num_heads, self.head_dim)[:, :, :, sp.head_slice]
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, h_r, L, d]
+        attn_mask = None if cond_mask is None else cond_mask[:, None, None, :]  # [B, 1, 1, L]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, h_r, T*S_pad, d]
+        if cond_mask is not None:
+            out = out.masked_fill(~cond_mask.any(dim=1)[:, None, None, None], 0.0)
+        out = out.transpose(1, 2).reshape(B, T, sp.padded_tokens, h_r, self.head_dim)  # [B, T, S_pad, h_r, d]
+        out = sp.heads_to_seq(out, seq_dim=2, head_dim=3)  # [B, T, S_local, h, d]
+        return self.proj(out.reshape(B, N, C))
 
 
 # ==================================================================================================
@@ -353,8 +414,10 @@ class STDiT3Block(nn.Module):
         t0_mlp: torch.Tensor | None = None,
         x_mask: torch.Tensor | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        sp: SPContext | None = None,
     ) -> torch.Tensor:
         # x: [B, T, S, C]; y: [B, L, C]; t_mlp, t0_mlp: [B, 6C]; x_mask: [B, T] bool
+        # sp: sequence parallelism (S is then this rank's S_local); only spatial blocks communicate
         B, T, S, C = x.shape
         mod = self.scale_shift_table[None] + t_mlp.view(B, 6, C)  # [B, 6, C]
         mod0 = None if x_mask is None else self.scale_shift_table[None] + t0_mlp.view(B, 6, C)
@@ -368,12 +431,13 @@ class STDiT3Block(nn.Module):
             h = self.attn(h, rope)
             h = h.view(B, S, T, C).transpose(1, 2)  # [B, T, S, C]
         else:
-            h = self.attn(h.reshape(B * T, S, C))  # [(B T), S, C]
+            h = self.attn(h.reshape(B * T, S, C), sp=sp)  # [(B T), S, C]
             h = h.view(B, T, S, C)  # [B, T, S, C]
         x = x + self.drop_path(gate_msa * h)
 
         # cross-attention to the caption
-        x = x + self.cross_attn(x.reshape(B, T * S, C), y, y_mask).view(B, T, S, C)  # [B, T, S, C]
+        sp_cross = sp if (sp is not None and not self.temporal and sp.cross_attn_all_to_all) else None
+        x = x + self.cross_attn(x.reshape(B, T * S, C), y, y_mask, sp=sp_cross).view(B, T, S, C)  # [B, T, S, C]
 
         # MLP
         h = modulate(self.norm2(x), shift_mlp, scale_mlp)  # [B, T, S, C]
@@ -420,6 +484,30 @@ class T2IFinalLayer(nn.Module):
 # The model
 # ==================================================================================================
 
+_REGISTERED = "registered"  # use the group registered with opensora_lib.parallel.set_sequence_parallel_group
+
+
+class _SPSetting:
+    """Holds a model's sequence-parallel process group (None, a group, or `_REGISTERED`).
+
+    Process groups cannot be copied or pickled: a deep copy (an EMA model) shares the setting, a
+    pickled model forgets it.
+    """
+
+    def __init__(self, group=None, cross_attn_all_to_all: bool = True):
+        self.group = group
+        self.cross_attn_all_to_all = cross_attn_all_to_all
+
+    def resolve(self):
+        return get_sequence_parallel_group() if isinstance(self.group, str) else self.group
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        kept = self.group if isinstance(self.group, str) else None
+        return (_SPSetting, (kept, self.cross_attn_all_to_all))
+
 
 class STDiT3(nn.Module):
     """Open-Sora 1.2 video diffusion transformer.
@@ -435,6 +523,9 @@ class STDiT3(nn.Module):
                        numbers for the released weights.
       legacy_final_x_mask: reproduce the reference's final-layer treatment of x_mask=False frames
                        (see T2IFinalLayer; changes only outputs that nothing reads). On by default.
+      enable_sequence_parallelism: split the spatial tokens over the group registered with
+                       `opensora_lib.parallel.set_sequence_parallel_group` (or call
+                       `set_sequence_parallel(group)`); a runtime setting, not part of `config`.
     `enable_flash_attn` / `enable_layernorm_kernel` are accepted for config compatibility and change
     nothing (attention always goes through `scaled_dot_product_attention`).
     """
@@ -468,8 +559,6 @@ class STDiT3(nn.Module):
         input_size=None,
     ):
         super().__init__()
-        if enable_sequence_parallelism:
-            raise NotImplementedError("sequence parallelism is not part of this STDiT3 class")
         if skip_y_embedder:
             raise NotImplementedError("skip_y_embedder (pre-extracted caption features) is not supported")
         if hidden_size % num_heads:
@@ -506,6 +595,7 @@ class STDiT3(nn.Module):
         self.input_sq_size = input_sq_size
         self.grad_checkpoint = grad_checkpoint
         self.pos_emb_from_first_sample = pos_emb_from_first_sample
+        self._sp = _SPSetting(_REGISTERED if enable_sequence_parallelism else None)
 
         # Construction order = the reference's, so the state dict lists keys in the same order.
         self.rope = RotaryEmbedding(hidden_size // num_heads) if enable_temporal else None
@@ -563,6 +653,24 @@ class STDiT3(nn.Module):
             nn.init.zeros_(block.mlp.fc2.weight)
 
     # ---------------------------------------------------------------------------------------------
+
+    def set_sequence_parallel(self, group, cross_attn_all_to_all: bool = True) -> "STDiT3":
+        """Split the spatial tokens over `group` in every forward (None: single process again).
+
+        Every rank of the group must call the model with the same inputs; the output (the full
+        [B, C_out, T, H, W]) is then the same on every rank. In training, average the parameter
+        gradients over the group (DDP over the world does) to get the single-process gradients.
+        `cross_attn_all_to_all=False` runs the spatial cross-attention on the local tokens without
+        communication (exact too: cross-attention treats every token on its own).
+        """
+        self._sp = _SPSetting(group, cross_attn_all_to_all)
+        return self
+
+    @property
+    def sequence_parallel_group(self):
+        """The SP group used by forward, or None (single process / group of one)."""
+        group = self._sp.resolve()
+        return group if group_size(group) > 1 else None
 
     def get_dynamic_size(self, x: torch.Tensor) -> tuple[int, int, int]:
         """Token grid (T', H', W') of a latent [B, C, T, H, W] (sizes rounded up to the patch)."""
@@ -658,6 +766,14 @@ class STDiT3(nn.Module):
             t0 = self.t_embedder(torch.zeros_like(timestep), dtype) + fps_emb  # [B, C]
             t0_mlp = self.t_block(t0)  # [B, 6C]
 
+        # sequence parallelism: every rank keeps S_local of the S spatial tokens of every frame
+        sp_group = self.sequence_parallel_group
+        sp = None
+        if sp_group is not None:
+            sp = SPContext.build(sp_group, H * W, self.num_heads, x.device, self._sp.cross_attn_all_to_all)
+            if self.training:
+                force_drop_ids = self._sp_same_random_draws(sp, B, x.device, force_drop_ids)
+
         # caption
         y, y_mask = self.encode_text(y, mask, force_drop_ids)  # [B, L', C], [B, L'] or None
 
@@ -665,6 +781,8 @@ class STDiT3(nn.Module):
         pos_emb = self.position_embedding(x, H, W, height, width)  # [B or 1, 1, S, C]
         x = self.x_embedder(x)  # [B, T, S, C]
         x = x + pos_emb  # [B, T, S, C]
+        if sp is not None:
+            x = sp.shard(x)  # [B, T, S_local, C]
 
         # blocks: spatial, temporal, spatial, temporal, ...
         rope = self.rope.cos_sin(T, dtype=dtype) if self.rope is not None else None  # 2 x [T, head_dim]
@@ -674,15 +792,27 @@ class STDiT3(nn.Module):
             if self.temporal_blocks is not None:
                 blocks.append(self.temporal_blocks[i])
         for block in blocks:
-            args = (x, y, y_mask, t_mlp, t0_mlp, x_mask, rope if block.temporal else None)
+            args = (x, y, y_mask, t_mlp, t0_mlp, x_mask, rope if block.temporal else None, sp)
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, *args, use_reentrant=False)
             else:
                 x = block(*args)  # [B, T, S, C]
 
         x = self.final_layer(x, t, x_mask, t0)  # [B, T, S, pt*ph*pw*C_out]
+        if sp is not None:
+            x = sp.unshard(x)  # per-token final layer ran on the local tokens; gather the narrow output
         x = self.unpatchify(x, T, H, W, Tx, Hx, Wx)  # [B, C_out, Tx, Hx, Wx]
         return x.float()
+
+    def _sp_same_random_draws(self, sp: SPContext, B: int, device, force_drop_ids):
+        """In training, the ranks of an SP group must draw the same caption dropout: rank 0 of the
+        group draws, the others receive. Stochastic depth would need the same, so it is refused."""
+        if any(isinstance(m, DropPath) for m in self.modules()):
+            raise ValueError("drop_path > 0 is not supported with sequence parallelism in training")
+        if force_drop_ids is None and self.y_embedder.uncond_prob > 0:
+            drop = (torch.rand(B, device=device) < self.y_embedder.uncond_prob).long()  # [B]
+            force_drop_ids = broadcast_from_group_rank0(drop, sp.group)
+        return force_drop_ids
 
     def unpatchify(self, x: torch.Tensor, T: int, H: int, W: int, Tx: int, Hx: int, Wx: int) -> torch.Tensor:
         """Token features [B, T, S, (pt ph pw C_out)] -> [B, C_out, T*pt, H*ph, W*pw], cropped to (Tx, Hx, Wx)."""
