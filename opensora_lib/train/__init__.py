@@ -1,0 +1,1 @@
+"""Training loops that the stage notebooks call."""
