@@ -9,6 +9,8 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
+# OpenMP threads sleep instead of spinning while waiting: on a shared 2-core machine spinning made steps ~10x slower
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: setup repro test test-all bench lab strip clean-venv
 

@@ -84,16 +84,28 @@ SECTIONS: list[Section] = [
     Section(
         key="train",
         title="Multi-stage video training",
-        intro="Three stages over resolution x length x aspect-ratio buckets with frame masks.",
+        intro=(
+            "Open-Sora 1.2 trains in three stages over resolution x frame-count x aspect-ratio buckets, with frame "
+            "masks for image-to-video and extension (25% of samples in stage 3) and score suffixes in captions; "
+            "ZeRO-2, AdamW eps 1e-15, EMA 0.99. Here the same engine trains STDiT3-S/2 on the synthetic world."
+        ),
         metrics=["train_stage1", "train_stage2", "train_stage3"],
-        figures=["train/*"],
+        figures=["train/*/*"],
+        stages=["video@1", "video@2", "video@3"],
     ),
     Section(
         key="eval",
         title="Evaluation",
-        intro="Rectified-flow eval loss over a resolution x length grid, and ground-truth video scores.",
+        intro=(
+            "The seed tracks the rectified-flow validation loss per resolution and per length at 10 fixed timesteps, "
+            "and VBench scores. We compute the same loss grid, and replace VBench (whose weights cannot be "
+            "downloaded here) with detectors that read the synthetic world's truth back from pixels (object colour, "
+            "shape, motion direction, camera motion, flicker, smoothness), validated on real clips. Our scores are "
+            "on our own scale, not VBench's; the gallery shows generated clips."
+        ),
         metrics=["eval"],
-        figures=["eval/*"],
+        figures=["eval/*", "gallery/*"],
+        stages=["eval", "sample"],
     ),
     Section(
         key="sp",

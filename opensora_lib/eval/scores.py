@@ -1,0 +1,198 @@
+"""Score summaries in the shape of the seed report's VBench table (Total / Quality / Semantic), from the
+rule-based detectors of `detectors.py`, tracked across checkpoints; and a VBench adapter that runs only where
+VBench and its weights are installed.
+
+Weighting (VBench's own aggregation, `tabulate_vbench_scores.py` of the reference): every dimension is a number
+in [0, 1], normalised as ``(value - min) / (max - min)`` and multiplied by its dimension weight;
+
+    quality  = sum(weighted quality dimensions)  / sum(quality weights)
+    semantic = sum(weighted semantic dimensions) / sum(semantic weights)
+    total    = (4 * quality + 1 * semantic) / 5
+
+Our dimensions (the synthetic world's counterparts of VBench's; min 0 / max 1 for all, since our detectors' scales
+are not VBench's and VBench's empirical bounds would not apply):
+
+quality (weight): ``temporal flickering`` (1; mean detector score, 1 - frame difference of static regions / 255),
+``motion smoothness`` (1; mean detector score), ``dynamic degree`` (0.5; share of clips in which the object or the
+camera is detected moving, as VBench's share of clips with large flow).
+semantic (weight): ``color`` (1), ``object class`` (1; the shape), ``object motion`` (1; direction of the named
+object's own motion), ``camera motion`` (1; VBench scores camera motion inside "temporal style") -- each the share
+of clips whose detector agrees with the prompt; a dimension no clip states is left out.
+
+Conditioning metrics (image-to-video first-frame PSNR, extension seam continuity) are reported beside the table,
+not folded into the total.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+QUALITY_WEIGHTS = {"temporal flickering": 1.0, "motion smoothness": 1.0, "dynamic degree": 0.5}
+SEMANTIC_WEIGHTS = {"color": 1.0, "object class": 1.0, "object motion": 1.0, "camera motion": 1.0}
+QUALITY_WEIGHT, SEMANTIC_WEIGHT = 4.0, 1.0
+NORMALIZE = {k: (0.0, 1.0) for k in list(QUALITY_WEIGHTS) + list(SEMANTIC_WEIGHTS)}
+TABLE_ORDER = ["total score", "quality score", "semantic score"] + list(QUALITY_WEIGHTS) + list(SEMANTIC_WEIGHTS)
+
+
+def _mean(values) -> float | None:
+    values = [float(v) for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def dimension_scores(results: list[dict]) -> dict[str, float | None]:
+    """Per-dimension values from `detectors.video_adherence` results (one per generated clip)."""
+    moving = []
+    for r in results:
+        obj = r.get("detected_motion")
+        cam = r.get("detected_camera")
+        if obj is None and cam is None:
+            moving.append(None)
+        else:
+            moving.append(float((obj not in (None, "static")) or (cam not in (None, "static", "unknown"))))
+    return {
+        "temporal flickering": _mean(r.get("flicker") for r in results),
+        "motion smoothness": _mean(r.get("smoothness") for r in results),
+        "dynamic degree": _mean(moving),
+        "color": _mean(r.get("color") for r in results),
+        "object class": _mean(r.get("shape") for r in results),
+        "object motion": _mean(r.get("motion") for r in results),
+        "camera motion": _mean(r.get("camera") for r in results),
+    }
+
+
+def summarise(dims: dict[str, float | None]) -> dict[str, float | None]:
+    """Total / quality / semantic score (weights in the module docstring) plus the normalised dimensions."""
+    scaled = {}
+    for k, v in dims.items():
+        if k in NORMALIZE and v is not None:
+            lo, hi = NORMALIZE[k]
+            scaled[k] = (v - lo) / (hi - lo)
+
+    def group(weights):
+        present = [k for k in weights if k in scaled]
+        if not present:
+            return None
+        return sum(scaled[k] * weights[k] for k in present) / sum(weights[k] for k in present)
+
+    quality, semantic = group(QUALITY_WEIGHTS), group(SEMANTIC_WEIGHTS)
+    parts = [(quality, QUALITY_WEIGHT), (semantic, SEMANTIC_WEIGHT)]
+    parts = [(v, w) for v, w in parts if v is not None]
+    total = sum(v * w for v, w in parts) / sum(w for _, w in parts) if parts else None
+    out = {"total score": total, "quality score": quality, "semantic score": semantic}
+    out.update({k: scaled.get(k) for k in list(QUALITY_WEIGHTS) + list(SEMANTIC_WEIGHTS)})
+    return out
+
+
+def score_table(summaries: dict[str, dict]) -> str:
+    """Markdown table, one row per label (checkpoint), columns Total / Quality / Semantic then the dimensions,
+    in percent like the seed report."""
+    cols = TABLE_ORDER
+    head = "| model | " + " | ".join(c.title() if c.endswith("score") else c for c in cols) + " |"
+    rule = "|" + "---|" * (len(cols) + 1)
+    lines = [head, rule]
+    for label, s in summaries.items():
+        cells = ["-" if s.get(c) is None else f"{100 * s[c]:.2f}%" for c in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def update_history(path: str | Path, label: str, summary: dict, extra: dict | None = None) -> list[dict]:
+    """Append (or replace) a checkpoint's summary in a JSON history file; returns the history."""
+    path = Path(path)
+    history = json.loads(path.read_text()) if path.exists() else []
+    history = [h for h in history if h.get("label") != label]
+    history.append({"label": label, **summary, **(extra or {})})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(history, indent=2) + "\n")
+    return history
+
+
+def plot_history(history: list[dict], path: str | Path, keys=("total score", "quality score", "semantic score")):
+    """Scores across checkpoints (in history order), like the report's VBench-during-training figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    labels = [h["label"] for h in history]
+    for k in keys:
+        ys = [np.nan if h.get(k) is None else 100 * h[k] for h in history]
+        ax.plot(range(len(labels)), ys, marker="o", label=k)
+    ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
+    ax.set_ylabel("score (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# VBench adapter
+
+VBENCH_DIMENSIONS = [
+    "subject_consistency", "background_consistency", "motion_smoothness", "dynamic_degree", "aesthetic_quality",
+    "imaging_quality", "temporal_flickering",
+]  # the prompt-free (custom input) dimensions VBench can score on any folder of videos
+
+
+def vbench_available(cache_dir: str | Path | None = None) -> tuple[bool, str]:
+    """(ok, reason): VBench runs only with its package installed and its weights already on disk."""
+    if importlib.util.find_spec("vbench") is None:
+        return False, "skipped: vbench not installed"
+    cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "vbench"
+    if not cache.is_dir() or not any(cache.iterdir()):
+        return False, f"skipped: vbench weights not found in {cache} (they are never downloaded here)"
+    return True, "ok"
+
+
+def run_vbench(videos_dir: str | Path, out_dir: str | Path, dimensions=VBENCH_DIMENSIONS,
+               cache_dir: str | Path | None = None, device: str = "cpu") -> dict:
+    """VBench on a folder of videos (custom-input mode, local weights only). Returns {"status", "scores"}; the
+    status says "skipped: ..." (no number at all) when VBench or its weights are missing, "error: ..." when it
+    fails."""
+    ok, reason = vbench_available(cache_dir)
+    if not ok:
+        return {"status": reason, "scores": None}
+    try:
+        import torch
+        from vbench import VBench
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        bench = VBench(torch.device(device), None, str(out_dir))
+        bench.evaluate(videos_path=str(videos_dir), name="opensora_lib", dimension_list=list(dimensions),
+                       local=True, read_frame=False, mode="custom_input")
+        result_file = out_dir / "opensora_lib_eval_results.json"
+        raw = json.loads(result_file.read_text())
+        return {"status": "ok", "scores": {k: float(v[0]) for k, v in raw.items()}}
+    except Exception as err:  # an installed but broken VBench must not stop the report
+        return {"status": f"error: {type(err).__name__}: {err}", "scores": None}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring generated clips
+
+
+def score_records(records: list[dict], captions: list[str] | None = None) -> list[dict]:
+    """`detectors.video_adherence` on the clips `opensora_lib.sample.generate` wrote (their lossless ``pixels``
+    copies), against ``captions`` (default: each record's prompt without the loop syntax or conditions)."""
+    from ..data.video_io import read_video
+    from ..sample import extract_json, split_loops
+    from .detectors import video_adherence
+
+    out = []
+    for k, rec in enumerate(records):
+        caption = captions[k] if captions else split_loops(extract_json(rec["prompt"])[0])[0][1]
+        res = video_adherence(read_video(rec["pixels"]), caption)
+        res["prompt"] = caption
+        out.append(res)
+    return out

@@ -1,0 +1,262 @@
+"""Evaluation: detectors validated on the synthetic world, the eval-loss grid, score tables."""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from opensora_lib.data import synthetic as syn
+from opensora_lib.eval import detectors as det
+
+STILLS = syn.WorldParams(seed=11, num_samples=60, still_fraction=1.0, val_fraction=0.5)
+
+
+@pytest.fixture(scope="module")
+def stills():
+    out = []
+    for i in range(STILLS.num_samples):
+        spec = syn.sample_spec(STILLS, i)
+        out.append((syn.render(spec)[0], syn.make_caption(spec)))
+    return out
+
+
+def test_image_adherence_on_true_and_shuffled_captions(stills):
+    truth = np.array([[det.image_adherence(img, cap)[k] for k in ("color", "shape")] for img, cap in stills])
+    assert truth[:, 0].mean() >= 0.95 and truth[:, 1].mean() >= 0.95, truth.mean(0)
+    captions = [cap for _, cap in stills]
+    random.Random(0).shuffle(captions)
+    shuffled = np.array([[det.image_adherence(img, cap)[k] for k in ("color", "shape")]
+                         for (img, _), cap in zip(stills, captions)])
+    assert shuffled[:, 0].mean() <= 0.3 and shuffled[:, 1].mean() <= 0.45, shuffled.mean(0)
+
+
+def test_image_adherence_result_shape():
+    spec = syn.sample_spec(STILLS, 0)
+    res = det.image_adherence(syn.render(spec)[0], syn.make_caption(spec))
+    assert set(res) >= {"color", "shape", "score"} and 0.0 <= res["score"] <= 1.0
+    assert det.image_adherence(np.zeros((32, 32, 3), np.uint8), "nothing named")["score"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Video detectors on rendered clips of the synthetic world
+
+CLIPS = syn.WorldParams(seed=5, num_samples=16, still_fraction=0.0, min_frames=17, max_frames=20,
+                        max_duration=1.5, two_object_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def clips():
+    out = []
+    for i in range(CLIPS.num_samples):
+        spec = syn.sample_spec(CLIPS, i)
+        out.append((syn.render(spec), syn.make_caption(spec), spec))
+    return out
+
+
+def test_video_detectors_agree_with_true_captions_and_not_shuffled(clips):
+    res = det.validate_detectors([(f, c) for f, c, _ in clips], seed=0)
+    video = res["video"]
+    for k in ("color", "shape", "motion", "camera"):
+        assert video[k]["truth"] >= 0.9, (k, video[k])
+    assert video["color"]["shuffled"] <= 0.35 and video["motion"]["shuffled"] <= 0.45, video
+    assert video["camera"]["shuffled"] <= 0.5, video
+    pert = res["perturbation"]
+    assert pert["flicker"]["accuracy"] >= 0.9, pert
+    assert pert["first_frame_fidelity"]["accuracy"] >= 0.9 and pert["seam_continuity"]["accuracy"] >= 0.9, pert
+    if pert["smoothness"]["n"] >= 5:
+        assert pert["smoothness"]["accuracy"] >= 0.8, pert
+
+
+def test_object_motion_compensates_camera():
+    """An object moving left under a camera panning left (content flows right) still moves left."""
+    params = syn.WorldParams(seed=1, num_samples=1, still_fraction=0.0, min_frames=24, max_frames=24)
+    spec = syn.sample_spec(params, 0)
+    spec.background, spec.camera_motion, spec.camera_speed = "checkered", "pan left", 0.9
+    spec.objects = spec.objects[:1]
+    obj = spec.objects[0]
+    obj.motion, obj.speed = "left", 0.4
+    obj.x0 = spec.width * 0.5 + 20 * 0.5
+    obj.y0 = spec.height * 0.5
+    frames = syn.render(spec)
+    raw = det.track_color(frames, obj.color)
+    assert raw[-1, 0] > raw[0, 0]  # on screen it drifts right (camera 0.9 px/frame, object 0.4)
+    mo = det.object_motion(frames, obj.color)
+    assert mo["direction"] == "left", mo
+
+
+def test_quality_detectors_on_simple_cases():
+    rng = np.random.default_rng(0)
+    still = np.repeat(rng.integers(0, 255, (1, 32, 32, 3), dtype=np.uint8), 8, axis=0)
+    assert det.temporal_flicker(still)["score"] == pytest.approx(1.0)
+    assert det.seam_continuity(still, 4)["score"] == pytest.approx(1.0)
+    assert det.first_frame_fidelity(still, still[0])["score"] == 1.0
+    jumpy = still.copy()
+    jumpy[4:] = 255 - jumpy[4:]
+    assert det.seam_continuity(jumpy, 4)["score"] < 0.01
+    track = np.stack([np.arange(8.0), np.zeros(8)], 1)
+    assert det.motion_smoothness(still, track)["score"] == pytest.approx(1.0)
+    track[::2, 1] += 2
+    assert det.motion_smoothness(still, track)["score"] < 0.1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scores
+
+
+def test_scores_summary_and_table(tmp_path):
+    from opensora_lib.eval import scores
+
+    results = [{"color": 1, "shape": 1, "motion": 0, "camera": 1, "flicker": 0.99, "smoothness": 0.9,
+                "detected_motion": "left", "detected_camera": "static"},
+               {"color": 0, "shape": 1, "motion": None, "camera": None, "flicker": 0.97, "smoothness": 0.8,
+                "detected_motion": None, "detected_camera": None}]
+    dims = scores.dimension_scores(results)
+    assert dims["color"] == 0.5 and dims["object motion"] == 0.0 and dims["dynamic degree"] == 1.0
+    s = scores.summarise(dims)
+    q = (0.98 + 0.85 + 0.5 * 1.0) / 2.5
+    sem = (0.5 + 1.0 + 0.0 + 1.0) / 4
+    assert s["quality score"] == pytest.approx(q) and s["semantic score"] == pytest.approx(sem)
+    assert s["total score"] == pytest.approx((4 * q + sem) / 5)
+    assert "Total Score" in scores.score_table({"ckpt": s})
+    hist = scores.update_history(tmp_path / "h.json", "a", s)
+    hist = scores.update_history(tmp_path / "h.json", "a", s)
+    assert len(hist) == 1
+
+
+def test_vbench_adapter_skips_without_vbench(tmp_path, monkeypatch):
+    import importlib.util
+
+    from opensora_lib.eval import scores
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vbench" else real(name, *a))
+    rec = scores.run_vbench(tmp_path, tmp_path / "out")
+    assert rec == {"status": "skipped: vbench not installed", "scores": None}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inference and the eval-loss grid with tiny fresh models
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpts(tmp_path_factory):
+    import torch
+
+    from opensora_lib.models.stdit3 import STDiT3_Tiny_2
+    from opensora_lib.models.vae import OpenSoraVAE_Narrow, save_vae
+    from opensora_lib.sample import save_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: extra threads only contend on a shared CPU
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    model = STDiT3_Tiny_2()
+    save_model(d / "model.pt", model)
+    vae = OpenSoraVAE_Narrow(vae_2d={"block_out_channels": (8, 8, 8, 8), "norm_num_groups": 4},
+                             vae_temporal={"filters": 8, "num_groups": 4})
+    save_vae(d / "vae.pt", vae)
+    yield d
+    torch.set_num_threads(threads)
+
+
+PROMPT = "A red circle moves quickly right across a blue background. The camera is static."
+
+
+def test_same_seed_gives_identical_files(tiny_ckpts, tmp_path):
+    from opensora_lib.sample import generate
+
+    common = dict(prompts=[PROMPT], model=str(tiny_ckpts / "model.pt"), vae=str(tiny_ckpts / "vae.pt"), steps=2,
+                  num_frames=9, aes=6.5, camera_motion="pan left")
+    a = generate({**common, "out": str(tmp_path / "a")})
+    b = generate({**common, "out": str(tmp_path / "b")})
+    for fa, fb in zip(a[0]["files"], b[0]["files"]):
+        assert open(fa, "rb").read() == open(fb, "rb").read(), fa
+    assert {Path(f).suffix for f in a[0]["files"]} == {".mp4", ".gif"}
+    side = json.loads(Path(a[0]["files"][0]).with_suffix(".json").read_text())
+    assert side["loop_prompts"][0].endswith("aesthetic score: 6.5. camera motion: pan left.")
+    assert side["settings"]["seed"] == 42 and side["settings"]["steps"] == 2
+    c = generate({**common, "out": str(tmp_path / "c"), "seed": 7})
+    assert open(c[0]["files"][0], "rb").read() != open(a[0]["files"][0], "rb").read()
+
+
+def test_image_to_video_keeps_the_first_latent_and_extension_runs(tiny_ckpts, tmp_path):
+    import torch
+
+    from opensora_lib.data.video_io import write_video
+    from opensora_lib.data.datasets import resize_crop
+    from opensora_lib.models.vae import load_vae
+    from opensora_lib.sample import generate, vae_decode_chunked, vae_encode
+
+    spec = syn.sample_spec(STILLS, 3)
+    ref = tmp_path / "ref.png"
+    write_video(ref, syn.render(spec))
+    recs = generate(dict(prompts=[PROMPT], model=str(tiny_ckpts / "model.pt"), vae=str(tiny_ckpts / "vae.pt"),
+                         steps=2, num_frames=9, reference=[str(ref)], mask_strategy=["0"], out=str(tmp_path / "o"),
+                         formats=("gif",)))
+    z = torch.load(recs[0]["latents"], weights_only=True)["loops"][0]
+    vae = load_vae(tiny_ckpts / "vae.pt")
+    from opensora_lib.data.video_io import read_video
+
+    h, w = recs[0]["height"], recs[0]["width"]
+    ref_z = vae_encode(vae, resize_crop(read_video(ref), h, w))
+    assert torch.equal(z[:, 0], ref_z[:, 0])
+    # extension: 2 loops of 34 frames (10 latents) with a per-loop prompt; 5 latents (17 frames) carried over
+    ext = generate(dict(prompts=["|0|" + PROMPT + "|1|A red circle stays still on a blue background."],
+                        model=str(tiny_ckpts / "model.pt"), vae=str(tiny_ckpts / "vae.pt"), steps=2, num_frames=34,
+                        loop=2, out=str(tmp_path / "e"), formats=("gif",)))
+    assert ext[0]["loop_prompts"][1].startswith("A red circle stays still")
+    assert ext[0]["frames"] == 34 + 34 - 17
+    assert ext[0]["mask_strategy"] == "1,0,-5,0,5,0.0"
+    loops = torch.load(ext[0]["latents"], weights_only=True)["loops"]
+    prev = vae_encode(vae, vae_decode_chunked(vae, loops[0], 34))
+    assert torch.equal(loops[1][:, :5], prev[:, 5:])
+
+
+def test_bad_input_errors_list_the_choices(tiny_ckpts, tmp_path):
+    from opensora_lib.sample import SampleError, generate, main
+
+    base = dict(prompts=[PROMPT], model=str(tiny_ckpts / "model.pt"), vae=str(tiny_ckpts / "vae.pt"),
+                out=str(tmp_path), steps=1, num_frames=9)
+    with pytest.raises(SampleError, match="48px, 64px, 144p"):
+        generate({**base, "resolution": "100px"})
+    with pytest.raises(SampleError, match="1:1, 3:4, 4:3, 9:16, 16:9"):
+        generate({**base, "aspect_ratio": "2:1"})
+    with pytest.raises(SampleError, match="2s, 4s"):
+        generate({**base, "num_frames": "3s"})
+    with pytest.raises(SampleError, match="image"):
+        generate({**base, "reference": [str(tmp_path / "missing.png")], "mask_strategy": ["0"]})
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(SampleError, match="cannot read reference"):
+        generate({**base, "reference": [str(bad)], "mask_strategy": ["0"]})
+    with pytest.raises(SampleError, match="static, pan left"):
+        generate({**base, "camera_motion": "spin"})
+    with pytest.raises(SampleError, match="too few"):
+        generate({**base, "loop": 2, "condition_frame_length": 5})
+    assert main([PROMPT, "--model", base["model"], "--vae", base["vae"], "--resolution", "1080x"]) == 2
+
+
+def test_loss_grid_images_and_videos(tiny_ckpts, tmp_path):
+    import torch
+
+    from opensora_lib.eval.loss_grid import EVAL_TIMESTEPS, eval_loss, plot_loss_grid, prepare_cells, summarise
+    from opensora_lib.models.text_encoder import MiniLMEncoder
+    from opensora_lib.models.vae import load_vae
+    from opensora_lib.sample import load_model
+
+    params = dict(seed=3, num_samples=8, still_fraction=0.25, min_frames=9, max_frames=12, max_duration=1.0)
+    paths = syn.generate_dataset(tmp_path / "world", params, progress=False)
+    model, _ = load_model(tiny_ckpts / "model.pt")
+    vae = load_vae(tiny_ckpts / "vae.pt")
+    enc = MiniLMEncoder(model_max_length=64)
+    cells = prepare_cells(vae, enc, paths["meta"], "48px:1,9;64px:9", batch_size=4)
+    assert len(EVAL_TIMESTEPS) == 10 and EVAL_TIMESTEPS[0] == pytest.approx(1000 / 11)
+    t1 = eval_loss(model, cells, seed=42)
+    t2 = eval_loss(model, cells, seed=42)
+    assert [r["loss"] for r in t1] == [r["loss"] for r in t2]
+    assert all(r["num_samples"] > 0 and r["loss"] > 0 and len(r["loss_per_t"]) == 10 for r in t1)
+    s = summarise(t1)
+    assert set(s["per_resolution"]) == {"48px", "64px"} and set(s["per_num_frames"]) == {"1", "9"}
+    assert all(p.exists() for p in plot_loss_grid({"fresh": t1}, tmp_path / "fig"))
