@@ -187,6 +187,7 @@ def stage_config(params: dict, stage: int | str, **overrides) -> VideoTrainConfi
     if key not in stages:
         raise KeyError(f"no stage {stage!r} in params (stages: {list(stages)})")
     merged = {**params.get("common", {}), **stages[key]}
+    merged.pop("after", None)  # pipeline-only: the DVC dep the stage starts from (dvc.yaml), not a training param
     merged["stage"] = int(stage)
     return VideoTrainConfig.from_dict(merged, **overrides)
 
