@@ -62,6 +62,7 @@ from .models.stdit3 import STDiT3, check_state_dict
 from .models.text_encoder import append_score_to_prompts
 from .schedulers.masks import apply_mask_strategy, extension_strategy, parse_mask_strategy
 from .schedulers.rectified_flow import RFLOW
+from .utils.checkpoint import load_torch_file
 
 IMAGE_FPS = 120
 EMBEDDED_PIXELS = {"48px": 2304, "64px": 4096}
@@ -139,12 +140,10 @@ def save_model(path: str | os.PathLike, model: STDiT3, **extra) -> Path:
 
 def read_model_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise SampleError(f"model checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise SampleError(f"{path}: cannot read the model checkpoint ({type(err).__name__}: {err})") from err
+        state = load_torch_file(path, "model checkpoint")
+    except (FileNotFoundError, RuntimeError) as err:
+        raise SampleError(str(err)) from err
     config = state.get("config") if isinstance(state, dict) else None
     if isinstance(config, str):
         config = json.loads(config)

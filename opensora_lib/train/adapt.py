@@ -33,7 +33,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from ..models.stdit3 import STDiT3, check_state_dict, load_pixart_sigma_checkpoi
 from ..schedulers.ddpm import DDPMSampler, GaussianDiffusion
 from ..schedulers.masks import MaskGenerator
 from ..schedulers.rectified_flow import RFlowScheduler, timestep_transform
+from ..utils.checkpoint import atomic_torch_save, load_torch_file
 
 IMG_FPS = 120
 CHECKPOINT_FORMAT = "opensora_lib.adapt/1"
@@ -295,23 +295,6 @@ def checkpoint_config(model: STDiT3) -> dict:
     return config
 
 
-def _atomic_torch_save(obj, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def json_safe(value):
     return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
@@ -333,7 +316,7 @@ def save_adapt_checkpoint(path: str | os.PathLike, model: STDiT3, ema: STDiT3 | 
         "step": int(step),
         "info": json.dumps(json_safe(info or {})),
     }
-    return _atomic_torch_save(obj, Path(path))
+    return atomic_torch_save(obj, Path(path))
 
 
 @dataclass
@@ -349,12 +332,7 @@ class AdaptCheckpoint:
 def load_adapt_checkpoint(path: str | os.PathLike, device="cpu") -> AdaptCheckpoint:
     """Rebuild model, EMA and recipe from a file written by `save_adapt_checkpoint` (nothing else needed)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise RuntimeError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
+    state = load_torch_file(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an adaptation checkpoint (format {CHECKPOINT_FORMAT})")
     models = []
@@ -522,7 +500,7 @@ class FeatureCache:
                 pass  # unreadable: recompute and overwrite
         value = compute()
         if path is not None:
-            _atomic_torch_save(value, path)
+            atomic_torch_save(value, path)
         return value, False
 
 

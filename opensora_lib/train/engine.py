@@ -40,7 +40,6 @@ import logging
 import os
 import random
 import socket
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -63,6 +62,7 @@ from ..models.stdit3 import STDIT3_PRESETS, STDiT3, check_state_dict, read_state
 from ..schedulers.masks import MaskGenerator  # noqa: E402
 from ..schedulers.rectified_flow import RFlowScheduler, timestep_transform  # noqa: E402
 from .features import FeatureProvider  # noqa: E402
+from ..utils.checkpoint import atomic_torch_save, load_torch_file  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -338,13 +338,7 @@ def _json_safe(value):
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """A checkpoint file of this engine (``torch.load(weights_only=True)``); raises naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise RuntimeError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
+    state = load_torch_file(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a video training checkpoint (format {CHECKPOINT_FORMAT})")
     return state
@@ -452,30 +446,6 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 # ==================================================================================================
