@@ -109,6 +109,7 @@ def measure(tmp: Path, config: dict, nproc: int, fill: bool = False) -> dict | N
     return {
         "processes": nproc,
         "global_batch": BATCH * nproc,
+        "threads_per_process": config["threads"],
         "precision": r0["precision"],
         "timed_steps": r0["steps"],
         "step_s": round(max(r["step_s"] for r in ranks), 4),

@@ -67,6 +67,13 @@ def test_video_detectors_agree_with_true_captions_and_not_shuffled(clips):
     assert pert["first_frame_fidelity"]["accuracy"] >= 0.9 and pert["seam_continuity"]["accuracy"] >= 0.9, pert
     if pert["smoothness"]["n"] >= 5:
         assert pert["smoothness"]["accuracy"] >= 0.8, pert
+    # the subject gate: every real clip has a subject, its featureless copy none; the world itself scores high
+    # on quality, its featureless copies 0 (ungated they would score high: what the gate is for)
+    assert pert["subject"]["accuracy"] >= 0.95, pert
+    assert res["quality_on_real"]["subject"] >= 0.95, res["quality_on_real"]
+    assert res["scores_on_real"]["gated"]["quality score"] >= 0.85, res["scores_on_real"]
+    assert res["scores_on_featureless"]["gated"]["quality score"] == 0.0, res["scores_on_featureless"]
+    assert res["scores_on_featureless"]["ungated"]["quality score"] >= 0.7, res["scores_on_featureless"]
 
 
 def test_object_motion_compensates_camera():
@@ -106,23 +113,99 @@ def test_quality_detectors_on_simple_cases():
 
 
 def test_scores_summary_and_table(tmp_path):
+    """The exact weighting (module docstring of scores.py) on hand-computed inputs, gated and ungated."""
     from opensora_lib.eval import scores
 
-    results = [{"color": 1, "shape": 1, "motion": 0, "camera": 1, "flicker": 0.99, "smoothness": 0.9,
-                "detected_motion": "left", "detected_camera": "static"},
-               {"color": 0, "shape": 1, "motion": None, "camera": None, "flicker": 0.97, "smoothness": 0.8,
-                "detected_motion": None, "detected_camera": None}]
+    results = [
+        # a subject in every frame, moving: counts on every quality dimension
+        {"color": 1, "shape": 1, "motion": 0, "camera": 1, "flicker": 0.99, "smoothness": 0.9,
+         "detected_motion": "left", "detected_camera": "static", "subject": 1.0},
+        # a subject in 3/4 of the frames (passes the gate); no motion stated, so no dynamic-degree vote
+        {"color": 0, "shape": 1, "motion": None, "camera": None, "flicker": 0.97, "smoothness": 0.8,
+         "detected_motion": None, "detected_camera": None, "subject": 0.75},
+        # a subject in 1/4 of the frames: no subject, so 0 on flicker, smoothness and dynamic degree when gated
+        {"color": 0, "shape": 0, "motion": 0, "camera": 0, "flicker": 0.995, "smoothness": 0.99,
+         "detected_motion": None, "detected_camera": "zoom in", "subject": 0.25},
+    ]
     dims = scores.dimension_scores(results)
-    assert dims["color"] == 0.5 and dims["object motion"] == 0.0 and dims["dynamic degree"] == 1.0
+    assert dims["subject consistency"] == pytest.approx((1.0 + 0.75 + 0.25) / 3)
+    assert dims["temporal flickering"] == pytest.approx((0.99 + 0.97 + 0.0) / 3)
+    assert dims["motion smoothness"] == pytest.approx((0.9 + 0.8 + 0.0) / 3)
+    assert dims["dynamic degree"] == pytest.approx((1.0 + 0.0) / 2)
+    assert dims["clips with subject"] == pytest.approx(2 / 3)
+    assert dims["color"] == pytest.approx(1 / 3) and dims["object class"] == pytest.approx(2 / 3)
+    assert dims["object motion"] == 0.0 and dims["camera motion"] == 0.5
     s = scores.summarise(dims)
-    q = (0.98 + 0.85 + 0.5 * 1.0) / 2.5
-    sem = (0.5 + 1.0 + 0.0 + 1.0) / 4
+    q = ((1.0 + 0.75 + 0.25) / 3 * 1 + (0.99 + 0.97) / 3 * 1 + (0.9 + 0.8) / 3 * 1 + 0.5 * 0.5) / (1 + 1 + 1 + 0.5)
+    sem = (1 / 3 + 2 / 3 + 0.0 + 0.5) / 4
+    assert q == pytest.approx(0.6104762, abs=1e-6) and sem == pytest.approx(0.375)
     assert s["quality score"] == pytest.approx(q) and s["semantic score"] == pytest.approx(sem)
-    assert s["total score"] == pytest.approx((4 * q + sem) / 5)
-    assert "Total Score" in scores.score_table({"ckpt": s})
+    assert s["total score"] == pytest.approx((4 * q + 1 * sem) / 5)
+    assert s["clips with subject"] == pytest.approx(2 / 3)
+
+    # ungated: the rule before the gate (detector values as measured, no subject consistency)
+    u = scores.summarise(scores.dimension_scores(results, gate=False))
+    qu = ((0.99 + 0.97 + 0.995) / 3 + (0.9 + 0.8 + 0.99) / 3 + 0.5 * 1.0) / 2.5
+    assert u["subject consistency"] is None and u["dynamic degree"] == 1.0
+    assert u["quality score"] == pytest.approx(qu) and u["semantic score"] == pytest.approx(sem)
+    assert u["total score"] == pytest.approx((4 * qu + sem) / 5)
+
+    # a result that cannot be gated is an error, not a silent score
+    with pytest.raises(ValueError, match="gate"):
+        scores.dimension_scores([{"flicker": 1.0, "smoothness": 1.0}])
+    assert scores.dimension_scores([{"flicker": 1.0, "smoothness": 1.0}], gate=False)["temporal flickering"] == 1.0
+
+    table = scores.score_table({"ckpt": s, "ckpt (ungated)": u})
+    assert "Total Score" in table and "subject consistency" in table and "| ckpt (ungated) |" in table
     hist = scores.update_history(tmp_path / "h.json", "a", s)
     hist = scores.update_history(tmp_path / "h.json", "a", s)
     assert len(hist) == 1
+
+
+def _world_clip(seed=3, frames=17):
+    params = syn.WorldParams(seed=seed, num_samples=1, still_fraction=0.0, min_frames=frames, max_frames=frames)
+    spec = syn.sample_spec(params, 0)
+    return spec, syn.render(spec), syn.make_caption(spec)
+
+
+def _quality(frames, caption, gate=True):
+    from opensora_lib.eval import scores
+
+    res = det.video_adherence(frames, caption)
+    return res, scores.summarise(scores.dimension_scores([res], gate=gate))
+
+
+def test_featureless_clips_score_low_quality():
+    """Blank / static / textured-but-empty clips: no subject, so quality 0 (ungated they would look near perfect)."""
+    spec, frames, caption = _world_clip()
+    t, h, w = frames.shape[:3]
+    rng = np.random.default_rng(0)
+    colour = np.array([159, 122, 130], np.float32)  # the featureless clips of the first embedded run
+    noise = rng.normal(0, 4, (h, w, 3))
+    blank = np.clip(colour + noise, 0, 255).astype(np.uint8)[None].repeat(t, 0)
+    drift = np.clip(blank.astype(np.float32) + np.linspace(0, 12, t)[:, None, None, None], 0, 255).astype(np.uint8)
+    spec.objects = []
+    empty_world = syn.render(spec)  # the clip's own textured background and camera, no object
+    for name, clip in (("blank", blank), ("drifting blank", drift), ("background only", empty_world)):
+        res, gated = _quality(clip, caption)
+        assert res["subject"] == 0.0 and not res["has_subject"], (name, res)
+        assert gated["quality score"] == 0.0 and gated["semantic score"] <= 0.25, (name, gated)
+        assert gated["total score"] == pytest.approx(gated["semantic score"] / 5), (name, gated)
+        assert gated["temporal flickering"] == 0.0, (name, gated)  # an empty clip's flicker is not 100%
+    _, ungated = _quality(blank, caption, gate=False)
+    assert ungated["quality score"] >= 0.75, ungated  # what the gate is there for
+
+
+def test_real_world_clip_scores_high_quality():
+    """A rendered clip of the synthetic world (objects moving, true caption) keeps a high quality under the gate."""
+    _, frames, caption = _world_clip()
+    res, gated = _quality(frames, caption)
+    assert res["subject"] == 1.0 and res["has_subject"], res
+    assert gated["quality score"] >= 0.9 and gated["total score"] >= 0.9, gated
+    assert gated["subject consistency"] == 1.0 and gated["dynamic degree"] == 1.0, gated
+    # the gate changes nothing on a clip with a subject: flicker and smoothness are as measured
+    assert gated["temporal flickering"] == pytest.approx(res["flicker"])
+    assert gated["motion smoothness"] == pytest.approx(res["smoothness"])
 
 
 def test_vbench_adapter_skips_without_vbench(tmp_path, monkeypatch):

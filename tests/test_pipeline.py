@@ -114,3 +114,22 @@ def test_dvc_reruns_only_what_a_param_change_touches(tmp_path):
     (tmp_path / "params/report.yaml").write_text(yaml.safe_dump(report_params))
     assert _ran(_run(["dvc", "repro"], tmp_path)) == {"report"}
     assert "another title" in (tmp_path / "reports/index.html").read_text()
+
+
+def test_changing_adapt_step_5_reruns_steps_5_to_8_and_what_follows_only():
+    """Issue #5: adapt@N reads adapt.common + adapt.steps.N only and the previous step's checkpoint, so a change to
+    step 5's length invalidates adapt@5..8, the video stages and what depends on them, never image_base or 1-4."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    repo = Repo(str(ROOT))
+    stages = {s.addressing: s for s in repo.index.stages}
+    readers = {name for name, s in stages.items()
+               for p in s.params for key in p.params if key in ("adapt.steps.5", "adapt.steps")}
+    assert readers == {"adapt@5"}
+    graph = repo.index.graph  # edges point from a stage to the stages it depends on
+    downstream = {s.addressing for s in nx.ancestors(graph, stages["adapt@5"])}
+    assert {"adapt@6", "adapt@7", "adapt@8", "video@1", "video@2", "video@3", "eval", "report"} <= downstream
+    assert not downstream & {"image_base", "adapt@1", "adapt@2", "adapt@3", "adapt@4", "data", "vae@3"}
+    upstream = {s.addressing for s in nx.descendants(graph, stages["adapt@5"])}
+    assert {"adapt@4", "image_base"} <= upstream

@@ -288,3 +288,25 @@ def test_rectified_flow_learns_2d_gaussian_mixture():
     assert (share > 0.15).all() and (share < 0.35).all()
     assert nearest.values.median() < 0.6
     torch.testing.assert_close(samples.mean(0), torch.zeros(2), atol=0.25, rtol=0)
+
+
+def test_base_resolution_reaches_training_and_sampling_timesteps():
+    """The transform's neutral pixel count is a setting of both the training sampler and the Euler sampler (the
+    embedded pipeline trains and samples at 128x128 = 16384): a 48x48 still has r = sqrt(2304/16384) = 0.375, so
+    t = 500 -> 0.375*0.5 / (1 - 0.625*0.5) * 1000 = 272.727..."""
+    from opensora_lib.schedulers.rectified_flow import RFlowScheduler, sampling_timesteps
+
+    kwargs = {"height": torch.tensor([48.0]), "width": torch.tensor([48.0]), "num_frames": torch.tensor([1])}
+    ts = sampling_timesteps(2, 1000, 1, use_timestep_transform=True, model_kwargs=kwargs, base_resolution=16384)
+    assert ts[1].item() == pytest.approx(0.1875 / 0.6875 * 1000, rel=1e-6)
+    ts_ref = sampling_timesteps(2, 1000, 1, use_timestep_transform=True, model_kwargs=kwargs)  # 512*512
+    r = (2304 / 262144) ** 0.5
+    assert ts_ref[1].item() == pytest.approx(r * 0.5 / (1 + (r - 1) * 0.5) * 1000, rel=1e-6)
+
+    sched = RFlowScheduler(use_timestep_transform=True, base_resolution=16384)
+    torch.manual_seed(0)
+    t = sched.sample_t(torch.zeros(4096, 4, 1, 6, 6), {k: v.expand(4096) for k, v in kwargs.items()})
+    # uniform t through the transform with r = 0.375: its mean is below 500 and matches the closed form
+    u = torch.linspace(0, 1, 100001)
+    expected = (0.375 * u / (1 - 0.625 * u)).mean().item() * 1000
+    assert t.mean().item() == pytest.approx(expected, abs=12)

@@ -136,6 +136,25 @@ def test_normalisation_and_sampling():
         assert not torch.allclose(a, c)
 
 
+def test_calibration_measures_the_latents_training_samples():
+    """estimate_shift_scale measures sampled latents by default (what training encodes), so normalised samples
+    have unit spread even in a channel whose posterior means barely vary; the means-only option can't see the
+    posterior noise and gives a scale far too small for sampled latents."""
+    model = tiny_vae()
+    clips = [video(2, 17, seed=s) for s in range(3)]
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    shift, scale = model.estimate_shift_scale(clips, generator=g(0))
+    _, scale_means = model.estimate_shift_scale(clips, sample_posterior=False)
+    model.set_shift_scale(shift, scale)
+    with torch.no_grad():
+        z = torch.cat([model.encode(c, generator=g(10 + i)) for i, c in enumerate(clips)], dim=0)  # sampled
+    per_channel = z.transpose(0, 1).reshape(4, -1)  # [C, N]
+    assert per_channel.mean(dim=1).abs().max() < 0.2
+    assert ((per_channel.std(dim=1) - 1).abs() < 0.2).all()
+    # a fresh posterior has log-variance ~0: the sampled spread (noise included) is far above the means' spread
+    assert all(s > 2 * m for s, m in zip(scale, scale_means))
+
+
 def _without_groupnorm(module: torch.nn.Module) -> torch.nn.Module:
     for name, child in module.named_children():
         if isinstance(child, torch.nn.GroupNorm):

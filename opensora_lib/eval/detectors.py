@@ -36,6 +36,12 @@ synthetic world (params/data.yaml), true captions / shuffled captions: stills co
 caption-free detectors (flicker, smoothness, first-frame fidelity, seam continuity) tell every clip from its
 perturbed copy (1.0). The misses are mostly an object partly covered by the other object, or merged with a
 background blend of nearly its colour.
+
+One video detector, :func:`subject_presence`, is the gate of the quality scores (`opensora_lib.eval.scores`):
+the share of frames in which the clip's main object (the palette colour whose object-like region is found in the
+most frames) is found, caption-free. Every clip of the synthetic world shows an object fully in view in every
+frame, so real clips score 1.0 (all 20 embedded val clips); a featureless clip (a flat or faintly noisy colour, or
+the world's background with no object) scores 0 and, under the gate, gets no credit on any quality dimension.
 """
 
 from __future__ import annotations
@@ -243,6 +249,9 @@ def image_adherence(image: np.ndarray, caption: str, params: BlobParams | None =
 # 2 f[t] + f[t-1]| / 255).
 # Image-to-video fidelity: PSNR of the first frame to the condition image (resized to the frame).
 # Extension continuity: the frame difference at the seam against the clip's other consecutive differences.
+# Subject presence (the gate of the quality scores): share of frames in which the clip's main object -- the palette
+# colour whose object-like region (`find_blobs`) is found in the most frames -- is found; the clip "has a subject"
+# when that share is at least `SUBJECT_MIN_SHARE` (a majority of frames, as the colour / shape vote).
 
 
 @dataclass
@@ -254,6 +263,9 @@ class VideoParams:
     max_camera_shift: float = 3.0  # px/frame at the frame centre: larger background maps are alignment failures
     smooth_scale: float = 1.0  # px/frame^2
     flicker_dilate: int = 2  # px around objects left out of the flicker's static region
+
+
+SUBJECT_MIN_SHARE = 0.5  # share of frames showing the main object for a clip to "have a subject"
 
 
 def _frames(frames) -> np.ndarray:
@@ -300,6 +312,29 @@ def object_masks(frames: np.ndarray, blob_params: BlobParams | None = None,
             mask |= b.mask
         out.append(mask)
     return out
+
+
+def subject_presence(frames: np.ndarray | None = None, blob_params: BlobParams | None = None,
+                     blobs: list[list[Blob]] | None = None) -> dict:
+    """Is there a subject? {"subject": share of frames in which the main object is found (0..1), "subject_color":
+    the main object's palette colour (None when no frame has an object-like region), "has_subject": subject >=
+    `SUBJECT_MIN_SHARE`}. The main object is the colour whose object-like region (`find_blobs`) is found in the
+    most frames (ties: the larger total area). Caption-free, like the quality dimensions it gates. ``blobs``: the
+    frames' `frame_blobs`, when already found."""
+    if blobs is None:
+        blobs = frame_blobs(frames, blob_params)
+    frames_with: dict[str, int] = {}
+    area: dict[str, int] = {}
+    for found in blobs:
+        for colour in {b.color for b in found}:
+            frames_with[colour] = frames_with.get(colour, 0) + 1
+        for b in found:
+            area[b.color] = area.get(b.color, 0) + b.area
+    if not blobs or not frames_with:
+        return {"subject": 0.0, "subject_color": None, "has_subject": False}
+    colour = max(frames_with, key=lambda c: (frames_with[c], area[c]))
+    share = frames_with[colour] / len(blobs)
+    return {"subject": float(share), "subject_color": colour, "has_subject": bool(share >= SUBJECT_MIN_SHARE)}
 
 
 def track_color(frames: np.ndarray, color: str, blob_params: BlobParams | None = None,
@@ -570,7 +605,9 @@ def video_adherence(frames: np.ndarray, caption: str, params: VideoParams | None
 
     Returns {"color", "shape", "motion", "camera"} as 0/1 (motion / camera None when the caption states no
     object motion / camera motion, e.g. a still's caption), the detected values ("detected_motion",
-    "detected_camera", "velocity"), and the caption-free quality scores "flicker" and "smoothness" (0..1)."""
+    "detected_camera", "velocity"), the caption-free quality scores "flicker" and "smoothness" (0..1, as measured:
+    not gated), and the gate of the quality scores, `subject_presence` ("subject", "subject_color",
+    "has_subject")."""
     params = params or VideoParams()
     frames = _frames(frames)
     parsed = synthetic.parse_caption(caption)
@@ -594,6 +631,7 @@ def video_adherence(frames: np.ndarray, caption: str, params: VideoParams | None
         res["camera"] = int(res["detected_camera"] == parsed["camera_motion"])
     res["flicker"] = temporal_flicker(frames, masks, chain, params)["score"]
     res["smoothness"] = motion_smoothness(frames, track, params)["score"]
+    res.update(subject_presence(blobs=blobs))
     return res
 
 
@@ -614,6 +652,15 @@ def _perturb_stutter(frames: np.ndarray) -> np.ndarray:
     return out
 
 
+def _perturb_featureless(frames: np.ndarray, rng: np.random.Generator, noise: float = 4.0) -> np.ndarray:
+    """Every frame replaced by its own mean colour plus one N(0, noise) texture shared by all frames: the clip's
+    overall colour and its changes kept, nothing in it (what an undertrained model tends to generate)."""
+    frames = _frames(frames).astype(np.float32)
+    texture = rng.normal(0.0, noise, size=frames.shape[1:])
+    means = frames.mean(axis=(1, 2), keepdims=True)
+    return np.clip(means + texture, 0, 255).round().astype(np.uint8)
+
+
 def validate_detectors(clips: list[tuple[np.ndarray, str]], images: list[tuple[np.ndarray, str]] = (),
                        seed: int = 0, params: VideoParams | None = None) -> dict:
     """Accuracy of every detector on real samples whose caption is the truth, and with shuffled captions.
@@ -626,11 +673,18 @@ def validate_detectors(clips: list[tuple[np.ndarray, str]], images: list[tuple[n
     smoothness (stutter: every odd frame repeats its predecessor), on clips whose object moves >= 0.5 px/frame:
     share scored lower; image-to-video fidelity: share of clips whose own first frame is above 30 dB and another
     clip's first frame (resized) below; seam continuity: share of clips whose own middle seam scores >= 0.5 and a
-    splice (first half of the clip + second half of another clip, resized) < 0.5."""
+    splice (first half of the clip + second half of another clip, resized) < 0.5; subject presence (the gate of
+    the quality scores): share of clips that have a subject while their featureless copy (every frame its mean
+    colour plus a fixed faint noise texture, `_perturb_featureless`) has none.
+
+    Also returns the score summaries (`opensora_lib.eval.scores`, gated and ungated) of the real clips
+    ("scores_on_real": what the world itself scores) and of their featureless copies ("scores_on_featureless":
+    what the gate takes away)."""
     import cv2
 
     params = params or VideoParams()
     rng = np.random.default_rng(seed)
+    blank_rng = np.random.default_rng([seed, 1])  # its own stream: the other perturbations' draws stay as they were
     out: dict = {"num_clips": len(clips), "num_images": len(images)}
 
     def shuffled(captions):
@@ -656,11 +710,13 @@ def validate_detectors(clips: list[tuple[np.ndarray, str]], images: list[tuple[n
                     "n": len(tv)}
     out["video"] = video
 
-    flick, smooth, i2v, seam = [], [], [], []
+    flick, smooth, i2v, seam, subject, blank = [], [], [], [], [], []
     n = len(clips)
     for idx, (frames, caption) in enumerate(clips):
         frames = _frames(frames)
         base = truth[idx]
+        blank.append(video_adherence(_perturb_featureless(frames, blank_rng), caption, params))
+        subject.append(base["has_subject"] and not blank[-1]["has_subject"])
         flick.append(temporal_flicker(_perturb_flicker(frames, rng))["score"] < base["flicker"])
         named = base["named"]
         if named and base["velocity"] is not None and base["detected_motion"] not in (None, "static") \
@@ -683,6 +739,12 @@ def validate_detectors(clips: list[tuple[np.ndarray, str]], images: list[tuple[n
         "smoothness": {"accuracy": float(np.mean(smooth)) if smooth else None, "n": len(smooth)},
         "first_frame_fidelity": {"accuracy": float(np.mean(i2v)) if i2v else None, "n": len(i2v)},
         "seam_continuity": {"accuracy": float(np.mean(seam)) if seam else None, "n": len(seam)},
+        "subject": {"accuracy": float(np.mean(subject)), "n": len(subject)},
     }
-    out["quality_on_real"] = {k: float(np.mean([r[k] for r in truth])) for k in ("flicker", "smoothness")}
+    out["quality_on_real"] = {k: float(np.mean([r[k] for r in truth])) for k in ("flicker", "smoothness", "subject")}
+    from . import scores
+
+    for key, results in (("scores_on_real", truth), ("scores_on_featureless", blank)):
+        out[key] = {"gated": scores.summarise(scores.dimension_scores(results)),
+                    "ungated": scores.summarise(scores.dimension_scores(results, gate=False))}
     return out

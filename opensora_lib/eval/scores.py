@@ -10,14 +10,43 @@ in [0, 1], normalised as ``(value - min) / (max - min)`` and multiplied by its d
     total    = (4 * quality + 1 * semantic) / 5
 
 Our dimensions (the synthetic world's counterparts of VBench's; min 0 / max 1 for all, since our detectors' scales
-are not VBench's and VBench's empirical bounds would not apply):
+are not VBench's and VBench's empirical bounds would not apply), each the mean over the generated clips:
 
-quality (weight): ``temporal flickering`` (1; mean detector score, 1 - frame difference of static regions / 255),
-``motion smoothness`` (1; mean detector score), ``dynamic degree`` (0.5; share of clips in which the object or the
-camera is detected moving, as VBench's share of clips with large flow).
+quality (weight): ``subject consistency`` (1; share of frames showing the clip's main object,
+`detectors.subject_presence`, standing in for VBench's feature similarity of the subject across frames),
+``temporal flickering`` (1; 1 - frame difference of static regions / 255), ``motion smoothness`` (1; from the
+tracked object's acceleration), ``dynamic degree`` (0.5; share of clips in which the object or the camera is
+detected moving, as VBench's share of clips with large flow).
 semantic (weight): ``color`` (1), ``object class`` (1; the shape), ``object motion`` (1; direction of the named
 object's own motion), ``camera motion`` (1; VBench scores camera motion inside "temporal style") -- each the share
 of clips whose detector agrees with the prompt; a dimension no clip states is left out.
+
+The subject gate (quality only)
+-------------------------------
+Flicker and smoothness reward a clip for not changing, and reward it most when there is nothing in it: a blank,
+featureless clip has almost no frame difference (flicker ~100%) and nothing to move jerkily (smoothness ~100%;
+without a tracked object the detector falls back to the frames' own second difference). VBench balances them with
+dimensions that need content (subject consistency, imaging and aesthetic quality, dynamic degree); our rule is
+that **quality is credited only for clips that show a subject**. A clip *has a subject* when its main object is
+found in at least half of its frames (`detectors.SUBJECT_MIN_SHARE`, the majority rule of the colour / shape
+vote); a clip without one scores 0 on temporal flickering, motion smoothness and dynamic degree, and its subject
+consistency (the share itself) is below 0.5. Clips with a subject keep the detectors' values. Why a hard gate
+rather than a discount: every clip of the synthetic world shows an object in every frame, so "no object" is a
+failed clip, not a degree of quality, and flicker / smoothness of an empty frame measure nothing about the
+subject; the graded part (a subject seen in only some frames) is what subject consistency measures. Semantic
+dimensions are not gated: they are already 0 when the named object is not found (the camera's motion is the
+background's and may be right without an object).
+
+Example: 3 featureless clips (no object in any frame; flicker 0.99, smoothness 0.99, camera "zoom in" read from
+noise) score quality 0, semantic 0, total 0 gated; ungated (the rule before the gate) the same clips score quality
+(0.99 + 0.99 + 0.5 * 1) / 2.5 = 99.2% and total 79.4%. That is what the embedded run before the gate recorded
+(ungated total 79.25%, beside the released system's 79.23%, for a model that drew nothing); gated it is 0%. The
+real val clips of the world itself score gated quality 96.1%, total 96.7% (ungated 94.6% / 95.4%): the gate costs
+a clip with a subject nothing, and subject consistency adds its 100%.
+
+Ungated scores, for transparency: ``dimension_scores(results, gate=False)`` is the rule before the gate (the
+detectors' values as measured, no subject consistency dimension, quality = (flicker + smoothness + 0.5 dynamic) /
+2.5). The eval stage records both: `metrics/eval.json` ``scores`` (gated, the headline) and ``scores_ungated``.
 
 Conditioning metrics (image-to-video first-frame PSNR, extension seam continuity) are reported beside the table,
 not folded into the total.
@@ -31,11 +60,13 @@ from pathlib import Path
 
 import numpy as np
 
-QUALITY_WEIGHTS = {"temporal flickering": 1.0, "motion smoothness": 1.0, "dynamic degree": 0.5}
+QUALITY_WEIGHTS = {"subject consistency": 1.0, "temporal flickering": 1.0, "motion smoothness": 1.0,
+                   "dynamic degree": 0.5}
 SEMANTIC_WEIGHTS = {"color": 1.0, "object class": 1.0, "object motion": 1.0, "camera motion": 1.0}
 QUALITY_WEIGHT, SEMANTIC_WEIGHT = 4.0, 1.0
 NORMALIZE = {k: (0.0, 1.0) for k in list(QUALITY_WEIGHTS) + list(SEMANTIC_WEIGHTS)}
 TABLE_ORDER = ["total score", "quality score", "semantic score"] + list(QUALITY_WEIGHTS) + list(SEMANTIC_WEIGHTS)
+INFO_KEYS = ("clips with subject",)  # passed through `summarise`, not weighted
 
 
 def _mean(values) -> float | None:
@@ -43,24 +74,48 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def dimension_scores(results: list[dict]) -> dict[str, float | None]:
-    """Per-dimension values from `detectors.video_adherence` results (one per generated clip)."""
+def has_subject(result: dict) -> bool:
+    """The gate: does this clip (a `detectors.video_adherence` result) show a subject?"""
+    if "has_subject" in result:
+        return bool(result["has_subject"])
+    if result.get("subject") is not None:
+        from .detectors import SUBJECT_MIN_SHARE
+
+        return float(result["subject"]) >= SUBJECT_MIN_SHARE
+    raise ValueError("a detector result without 'subject' / 'has_subject' cannot be gated (score it with "
+                     "detectors.video_adherence, or pass gate=False)")
+
+
+def dimension_scores(results: list[dict], gate: bool = True) -> dict[str, float | None]:
+    """Per-dimension values from `detectors.video_adherence` results (one per generated clip).
+
+    gate=True (the headline): quality dimensions only for clips with a subject, 0 for the others, plus
+    ``subject consistency`` (see the module docstring). gate=False: the rule before the gate, the detectors' values
+    as measured and no subject consistency (None). ``clips with subject`` is the share of clips that pass the gate
+    (None ungated)."""
+    ok = [has_subject(r) for r in results] if gate else [True] * len(results)
     moving = []
-    for r in results:
+    for r, good in zip(results, ok):
         obj = r.get("detected_motion")
         cam = r.get("detected_camera")
         if obj is None and cam is None:
-            moving.append(None)
+            moving.append(None if good else 0.0)
         else:
-            moving.append(float((obj not in (None, "static")) or (cam not in (None, "static", "unknown"))))
+            moving.append(float(good and ((obj not in (None, "static")) or (cam not in (None, "static", "unknown")))))
+
+    def gated(key):
+        return [None if r.get(key) is None else (r[key] if good else 0.0) for r, good in zip(results, ok)]
+
     return {
-        "temporal flickering": _mean(r.get("flicker") for r in results),
-        "motion smoothness": _mean(r.get("smoothness") for r in results),
+        "subject consistency": _mean(r.get("subject") for r in results) if gate else None,
+        "temporal flickering": _mean(gated("flicker")),
+        "motion smoothness": _mean(gated("smoothness")),
         "dynamic degree": _mean(moving),
         "color": _mean(r.get("color") for r in results),
         "object class": _mean(r.get("shape") for r in results),
         "object motion": _mean(r.get("motion") for r in results),
         "camera motion": _mean(r.get("camera") for r in results),
+        "clips with subject": _mean(ok) if gate else None,
     }
 
 
@@ -84,6 +139,7 @@ def summarise(dims: dict[str, float | None]) -> dict[str, float | None]:
     total = sum(v * w for v, w in parts) / sum(w for _, w in parts) if parts else None
     out = {"total score": total, "quality score": quality, "semantic score": semantic}
     out.update({k: scaled.get(k) for k in list(QUALITY_WEIGHTS) + list(SEMANTIC_WEIGHTS)})
+    out.update({k: dims[k] for k in INFO_KEYS if k in dims})
     return out
 
 
@@ -112,7 +168,8 @@ def update_history(path: str | Path, label: str, summary: dict, extra: dict | No
 
 
 def plot_history(history: list[dict], path: str | Path, keys=("total score", "quality score", "semantic score")):
-    """Scores across checkpoints (in history order), like the report's VBench-during-training figure."""
+    """Scores across checkpoints (in history order), like the report's VBench-during-training figure; keys ending
+    in "(ungated)" are drawn dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,7 +179,7 @@ def plot_history(history: list[dict], path: str | Path, keys=("total score", "qu
     labels = [h["label"] for h in history]
     for k in keys:
         ys = [np.nan if h.get(k) is None else 100 * h[k] for h in history]
-        ax.plot(range(len(labels)), ys, marker="o", label=k)
+        ax.plot(range(len(labels)), ys, marker="o", label=k, linestyle="--" if k.endswith("(ungated)") else "-")
     ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
     ax.set_ylabel("score (%)")
     ax.grid(alpha=0.3)

@@ -414,12 +414,23 @@ class VideoAutoencoder(nn.Module):
         return VAEOutput(x_rec, x_z_rec, z, posterior, x_z)
 
     @torch.no_grad()
-    def estimate_shift_scale(self, videos: Sequence[torch.Tensor] | torch.Tensor) -> tuple[list[float], list[float]]:
-        """Per-channel mean / std of the (unnormalised) temporal latent means over `videos`
-        ([B, 3, T, H, W] tensors); set them with `set_shift_scale` so that z is ~N(0, 1)."""
+    def estimate_shift_scale(
+        self,
+        videos: Sequence[torch.Tensor] | torch.Tensor,
+        sample_posterior: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> tuple[list[float], list[float]]:
+        """Per-channel mean / std of the (unnormalised) temporal latents over `videos` ([B, 3, T, H, W] tensors);
+        set them with `set_shift_scale` so that z is ~N(0, 1).
+
+        By default the latents are *sampled* from the posterior, as training (the reference's `encode`) sees them:
+        a channel the encoder barely uses has a tiny posterior mean but noise of std ~1, and scaling it by the
+        spread of the means alone would blow that noise up (we measured x14 on a briefly trained VAE).
+        `sample_posterior=False` measures the posterior means instead."""
         if isinstance(videos, torch.Tensor):
             videos = [videos]
-        zs = [self.encode(v, sample_posterior=False, normalize=False) for v in videos]
+        zs = [self.encode(v, sample_posterior=sample_posterior, normalize=False, generator=generator)
+              for v in videos]
         zs = [z[0] if isinstance(z, tuple) else z for z in zs]
         flat = torch.cat([z.transpose(0, 1).reshape(z.shape[1], -1) for z in zs], dim=1)  # [C, N]
         return flat.mean(dim=1).tolist(), flat.std(dim=1).tolist()

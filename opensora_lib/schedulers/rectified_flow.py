@@ -85,6 +85,7 @@ class RFlowScheduler:
         use_timestep_transform: bool = False,
         transform_scale: float = 1.0,
         first_sample_switch: bool = False,
+        base_resolution: int = 512 * 512,
     ):
         if sample_method not in ("uniform", "logit-normal"):
             raise ValueError(f"sample_method must be 'uniform' or 'logit-normal', got {sample_method!r}")
@@ -100,6 +101,7 @@ class RFlowScheduler:
         self.use_timestep_transform = use_timestep_transform
         self.transform_scale = transform_scale
         self.first_sample_switch = first_sample_switch
+        self.base_resolution = base_resolution  # pixels where the transform is neutral (reference: 512*512)
 
     def sample_t(self, x_start: torch.Tensor, model_kwargs: dict | None = None) -> torch.Tensor:
         """Training timesteps [B] in [0, num_timesteps] (transformed when enabled)."""
@@ -114,6 +116,7 @@ class RFlowScheduler:
             t = timestep_transform(
                 t,
                 model_kwargs,
+                base_resolution=self.base_resolution,
                 scale=self.transform_scale,
                 num_timesteps=self.num_timesteps,
                 first_sample_switch=self.first_sample_switch,
@@ -176,6 +179,7 @@ def sampling_timesteps(
     use_timestep_transform: bool = False,
     model_kwargs: dict | None = None,
     first_sample_switch: bool = False,
+    base_resolution: int = 512 * 512,
 ) -> list[torch.Tensor]:
     """The N sampling times t_i = (1 - i/N) * num_timesteps, i = 0..N-1, each as a [B] tensor
     (transformed per sample when enabled)."""
@@ -185,7 +189,8 @@ def sampling_timesteps(
     ts = [torch.tensor([t] * batch_size, device=device) for t in ts]
     if use_timestep_transform:
         ts = [
-            timestep_transform(t, model_kwargs, num_timesteps=num_timesteps, first_sample_switch=first_sample_switch)
+            timestep_transform(t, model_kwargs, base_resolution=base_resolution, num_timesteps=num_timesteps,
+                               first_sample_switch=first_sample_switch)
             for t in ts
         ]
     return ts
@@ -271,6 +276,7 @@ class RFLOW:
             use_timestep_transform=self.use_timestep_transform,
             model_kwargs=additional_args,
             first_sample_switch=self.first_sample_switch,
+            base_resolution=self.scheduler.base_resolution,
         )
 
         if mask is not None:

@@ -286,22 +286,7 @@ def warmup_factor(warmup_steps: int) -> Callable[[int], float]:
 
 
 class TrainRFlowScheduler(RFlowScheduler):
-    """`RFlowScheduler` with the timestep transform's base resolution as a setting (512*512 in the reference)."""
-
-    def __init__(self, base_resolution: int = 512 * 512, **kwargs):
-        super().__init__(**kwargs)
-        self.base_resolution = base_resolution
-
-    def sample_t(self, x_start, model_kwargs=None):
-        transform, self.use_timestep_transform = self.use_timestep_transform, False
-        try:
-            t = super().sample_t(x_start, model_kwargs)
-        finally:
-            self.use_timestep_transform = transform
-        if transform:
-            t = timestep_transform(t, model_kwargs, base_resolution=self.base_resolution, scale=self.transform_scale,
-                                   num_timesteps=self.num_timesteps, first_sample_switch=self.first_sample_switch)
-        return t
+    """`RFlowScheduler` under its old name (the base resolution is now a setting of `RFlowScheduler` itself)."""
 
 
 class EMA:
