@@ -126,7 +126,7 @@ SECTIONS: list[Section] = [
 ]
 
 
-MEDIA_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".mp4"}
+MEDIA_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".mp4", ".md"}  # .md: a pipe table a stage wrote
 
 
 def _data_uri(path: Path) -> str:
@@ -155,9 +155,23 @@ def metrics_table(metrics: dict) -> str:
     return f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
 
 
+def markdown_table_html(text: str) -> str:
+    """A Markdown pipe table (header, separator, rows) as an HTML table; other lines are dropped."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("|")]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    rows = [r for r in rows if not all(set(c) <= set("-: ") for c in r)]  # the |---|---| separator
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f'<table class="seed"><tr>{head}</tr>{body}</table>'
+
+
 def media_html(path: Path, root: Path) -> str:
-    """An inlined image, GIF or MP4 with its file name as caption."""
+    """An inlined image, GIF or MP4 (or a Markdown table) with its file name as caption."""
     name = html.escape(str(path.relative_to(root)) if path.is_relative_to(root) else path.name)
+    if path.suffix.lower() == ".md":
+        return f"<figure>{markdown_table_html(path.read_text())}<figcaption>{name}</figcaption></figure>"
     if path.suffix.lower() == ".mp4":
         body = f'<video controls muted loop src="{_data_uri(path)}"></video>'
     else:
@@ -469,7 +483,10 @@ def build_report(root: str | Path = ".", out: str | Path = "reports/index.html",
             path = root / "metrics" / f"{name}.json"
             if path.exists():
                 found = True
-                parts.append(f"<h3>{html.escape(name)}</h3>{metrics_table(json.loads(path.read_text()))}")
+                table = metrics_table(json.loads(path.read_text()))
+                rows = table.count("<tr>") - 1
+                parts.append(f"<details><summary>metrics/{html.escape(name)}.json ({rows} values)</summary>"
+                             f"{table}</details>")
         for pattern in section.figures:
             for fig in sorted((root / "reports" / "figures").glob(pattern)):
                 if fig.suffix.lower() not in MEDIA_SUFFIXES:

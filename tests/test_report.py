@@ -219,3 +219,12 @@ def test_adapt_chain_table_shows_each_step_and_the_change_from_step_1(tmp_path):
     assert len(rows) == 2
     cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", rows[1])]
     assert cells[0] == "adapt_step8" and cells[-1] == "-7.5"  # (0.425 - 0.50) * 100 points
+
+
+def test_markdown_tables_written_by_stages_become_html_tables():
+    from opensora_lib.report import markdown_table_html
+
+    page = markdown_table_html("intro\n| model | 17 frames SSIM / PSNR |\n|---|---|\n| stage 3 | 0.313 / 11.15 |\n")
+    cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", page)]
+    assert cells == ["model", "17 frames SSIM / PSNR", "stage 3", "0.313 / 11.15"]
+    assert markdown_table_html("no table here") == ""
