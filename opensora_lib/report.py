@@ -258,7 +258,12 @@ def seed_table_html(numbers: list, root: Path, lock: dict) -> str:
             ours = "—"
         else:
             value = lookup_ours(n.ours, root, lock)
-            ours = '<span class="missing">not produced yet</span>' if value is MISSING else _fmt_ours(value)
+            if value is MISSING:
+                ours = '<span class="missing">not produced yet</span>'
+            elif n.percent and isinstance(value, (int, float)) and not isinstance(value, bool):
+                ours = f"{100 * value:.2f}%"  # a fraction in metrics, shown in the seed's unit
+            else:
+                ours = _fmt_ours(value)
         if n.ours_note:
             ours += f' <span class="note">({html.escape(n.ours_note)})</span>'
         where = f' <span class="note">[{html.escape(n.ours)}]</span>' if n.ours else ""

@@ -29,6 +29,7 @@ class SeedNumber:
     ours: str | None = None
     ours_note: str = ""
     quote: str = ""  # for "report_03" sources: the seed report's table row holding the number
+    percent: bool = False  # ours is a fraction: show it as a percentage, the seed's unit
 
 
 SEED_NUMBERS: list[SeedNumber] = [
@@ -100,13 +101,14 @@ SEED_NUMBERS: list[SeedNumber] = [
     SeedNumber("eval", "aesthetic score appended at inference", "6.5", "facts §9", "dvc.lock:sample:sample.aes"),
     SeedNumber("eval", "VBench total score (ours: ground-truth detector total, stage 3)", "79.23%",
                "report_03, Evaluation (240p, 2 s)", "metrics/eval.json:scores.stage3.total score",
-               "no VBench here: our own detector scale", quote="| Open-Sora V1.2 | 79.23%      | 80.71%        | 73.30%         |"),
+               "no VBench here: our own detector scale",
+               quote="| Open-Sora V1.2 | 79.23%      | 80.71%        | 73.30%         |", percent=True),
     SeedNumber("eval", "VBench quality score (ours: detector quality, stage 3)", "80.71%",
                "report_03, Evaluation (240p, 2 s)", "metrics/eval.json:scores.stage3.quality score",
-               quote="| Open-Sora V1.2 | 79.23%      | 80.71%        | 73.30%         |"),
+               quote="| Open-Sora V1.2 | 79.23%      | 80.71%        | 73.30%         |", percent=True),
     SeedNumber("eval", "VBench semantic score (ours: detector semantic, stage 3)", "73.30%",
                "report_03, Evaluation (240p, 2 s)", "metrics/eval.json:scores.stage3.semantic score",
-               quote="| Open-Sora V1.2 | 79.23%      | 80.71%        | 73.30%         |"),
+               quote="| Open-Sora V1.2 | 79.23%      | 80.71%        | 73.30%         |", percent=True),
     # --- sequence parallelism -----------------------------------------------------------------------------------------
     SeedNumber("sp", "split axis", "spatial tokens (Ulysses all-to-all); temporal blocks local", "facts §10"),
     SeedNumber("sp", "attention heads (divisible by the SP size)", "16", "facts §1.1, §10",

@@ -79,7 +79,12 @@ def test_seed_numbers_are_shown_beside_ours_with_their_source(tmp_path):
                                               "17,692,480 [metrics/train_stage1.json:params]"]
     assert train["learning rate"][1] == "0.0001 [dvc.lock:video@1:train.common.lr]"  # params as dvc.lock recorded them
     assert train["AdamW eps"][:2] == ["1e-15", "1e-15 [dvc.lock:video@1:train.common.adam_eps]"]
-    assert _rows(page, "eval")["VBench total score (ours: ground-truth detector total, stage 3)"][0] == "79.23%"
+    total = _rows(page, "eval")["VBench total score (ours: ground-truth detector total, stage 3)"]
+    assert total[0] == "79.23%" and total[1].startswith("not produced yet")
+    (tmp_path / "metrics/eval.json").write_text(json.dumps({"scores": {"stage3": {"total score": 0.71694}}}))
+    page = build_report(tmp_path, "reports/index.html").read_text()
+    total = _rows(page, "eval")["VBench total score (ours: ground-truth detector total, stage 3)"]
+    assert total[1].startswith("71.69% ")  # a fraction in metrics, shown in the seed's unit
 
 
 def test_lookup_ours_reads_metrics_and_dvc_lock(tmp_path):
