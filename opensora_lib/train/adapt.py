@@ -46,7 +46,7 @@ from ..data.synthetic import ObjectSpec, SampleSpec, make_caption, read_csv
 from ..models.stdit3 import STDiT3, check_state_dict, load_pixart_sigma_checkpoint
 from ..schedulers.ddpm import DDPMSampler, GaussianDiffusion
 from ..schedulers.masks import MaskGenerator
-from ..schedulers.rectified_flow import RFlowScheduler, timestep_transform
+from ..schedulers.rectified_flow import RFLOW, RFlowScheduler, timestep_transform
 from ..utils.checkpoint import atomic_torch_save, load_torch_file
 
 IMG_FPS = 120
@@ -909,24 +909,11 @@ def eval_loss(model: STDiT3, recipe: Recipe, data: LatentSet, captions: CaptionT
 def rf_sample(model, z: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor | None, model_kwargs: dict,
               num_steps: int = 30, cfg_scale: float = 7.0, use_timestep_transform: bool = True,
               base_resolution: int = 512 * 512) -> torch.Tensor:
-    """Rectified-flow Euler sampling with classifier-free guidance, as `RFLOW.sample` (no frame masks), with the
-    timestep transform's base resolution as a setting: t_i = (1 - i/N) * 1000 (transformed), z += v dt/1000."""
-    B = z.shape[0]
-    y_null = model.null_caption(B, y.shape[2]).to(y)
-    args = {k: (torch.cat([v, v]) if torch.is_tensor(v) and v.shape[:1] == (B,) else v) for k, v in model_kwargs.items()}
-    args["y"] = torch.cat([y, y_null])
-    if y_mask is not None:
-        args["mask"] = torch.cat([y_mask, y_mask])
-    ts = [torch.full((B,), (1.0 - i / num_steps) * NUM_TIMESTEPS) for i in range(num_steps)]
-    if use_timestep_transform:
-        ts = [timestep_transform(t, model_kwargs, base_resolution=base_resolution, num_timesteps=NUM_TIMESTEPS) for t in ts]
-    for i, t in enumerate(ts):
-        out = model(torch.cat([z, z]), torch.cat([t, t]), **args)
-        v_cond, v_uncond = out[:, : z.shape[1]].chunk(2)
-        v = v_uncond + cfg_scale * (v_cond - v_uncond)
-        dt = (ts[i] - ts[i + 1]) if i < num_steps - 1 else ts[i]
-        z = z + v * (dt / NUM_TIMESTEPS).reshape(-1, 1, 1, 1, 1)
-    return z
+    """Rectified-flow Euler sampling with classifier-free guidance (`RFLOW.sample`, no frame masks) at the
+    recipe's timestep-transform base resolution."""
+    sampler = RFLOW(num_sampling_steps=num_steps, num_timesteps=NUM_TIMESTEPS, cfg_scale=cfg_scale,
+                    use_timestep_transform=use_timestep_transform, base_resolution=base_resolution)
+    return sampler.sample(model, z, y, y_mask, additional_args=model_kwargs, progress=False)
 
 
 @dataclass

@@ -285,10 +285,6 @@ def warmup_factor(warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
-class TrainRFlowScheduler(RFlowScheduler):
-    """`RFlowScheduler` under its old name (the base resolution is now a setting of `RFlowScheduler` itself)."""
-
-
 class EMA:
     """fp32 exponential moving average of a model's trainable parameters (frozen ones stay as copied)."""
 
@@ -531,7 +527,7 @@ class VideoTrainer:
             model_parameters=trainable, config=deepspeed_config(cfg, self.precision),
         )
         self.engine.train()
-        self.scheduler = TrainRFlowScheduler(
+        self.scheduler = RFlowScheduler(
             base_resolution=cfg.transform_base_resolution, sample_method=cfg.sample_method,
             use_timestep_transform=cfg.use_timestep_transform,
         )

@@ -19,13 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..data.buckets import BucketTable, MicroBatch
 from ..data.video_dataset import SampleError, VideoTextDataset
+from ..utils.checkpoint import atomic_torch_save
 
 
 def module_fingerprint(module: torch.nn.Module, extra: str = "") -> str:
@@ -45,20 +45,6 @@ def module_fingerprint(module: torch.nn.Module, extra: str = "") -> str:
 
 def text_encoder_fingerprint(text_encoder) -> str:
     return module_fingerprint(text_encoder.model, extra=f"{type(text_encoder).__name__}/{text_encoder.model_max_length}")
-
-
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class FeatureProvider:
@@ -112,7 +98,7 @@ class FeatureProvider:
         memo[key] = value
         path = self._path(kind, key)
         if path is not None and not self.read_only:
-            _atomic_save(value, path)
+            atomic_torch_save(value, path)
 
     # -- features -----------------------------------------------------------------------------
     def latent_key(self, row_id: int, size: tuple[int, int, int], epoch: int) -> str:
