@@ -68,7 +68,11 @@ SECTIONS: list[Section] = [
             "causal 3D-convolution temporal VAE on the 2D latents, trained in three stages (frozen 2D VAE with an "
             "identity loss; without it; full pixel reconstruction over mixed lengths). The seed compares it with "
             "the 2D VAE alone by SSIM and PSNR. Our stage 0 trains a narrow 2D VAE from scratch as the SDXL VAE's "
-            "stand-in, then the same three stages run at CPU scale."
+            "stand-in, then the same three stages run at CPU scale. The narrow preset adds two parameter-free "
+            "shortcuts (ours, not the reference's; no weights, so checkpoints keep the reference's keys): the 2D "
+            "latent carries each 8x8 patch's mean colour and the temporal latent each 4-frame mean, and the "
+            "networks learn the residual. Without them the narrow VAEs stay at the mean colour of a frame "
+            "(~11-13 dB) for the whole CPU budget."
         ),
         metrics=["vae_stage0", "vae_stage1", "vae_stage2", "vae_stage3", "vae_eval"],
         figures=["vae/*", "vae_stage*/*"],

@@ -354,3 +354,32 @@ def test_video_training_engine_reads_an_adapt_checkpoint(tmp_path):
     assert info["weights"] == "model" and rebuilt.config["enable_temporal"] and rebuilt.config["qk_norm"]
     assert all(p.requires_grad for n, p in rebuilt.named_parameters() if not n.startswith("rope."))  # no step-8 freeze
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in rebuilt.state_dict().items())
+
+
+def test_encode_posteriors_goes_through_the_vae_wrapper(tmp_path, monkeypatch):
+    """The adaptation features are the pipeline's own latents: with the narrow preset's colour shortcut on, the
+    2D posterior means equal `spatial_vae.encode(mode)` (the shortcut included) and the video-space means equal
+    the temporal posterior over them."""
+    from opensora_lib.models.vae import VideoAutoencoder
+
+    torch.manual_seed(0)
+    tiny_2d = dict(down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                   block_out_channels=[8, 8, 16, 16], layers_per_block=1, norm_num_groups=4, latent_channels=4)
+    tiny_t = dict(in_out_channels=4, latent_embed_dim=4, embed_dim=4, filters=8, num_res_blocks=1,
+                  channel_multipliers=(1, 2, 2, 4), temporal_downsample=(False, True, True), num_groups=4, shortcut=True)
+    vae = VideoAutoencoder(tiny_2d, tiny_t, shortcut_2d=True).eval()
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(5, 16, 24, 3), dtype=np.uint8)
+    frames[..., 0] = rng.integers(200, 240, size=(5, 16, 24))  # a red cast: patch means far from 0
+    monkeypatch.setattr(A, "_read_frames", lambda item, cache: frames[item.start:item.start + item.num_frames])
+    items = [A.Item("clip.mp4", 0, 5, "a clip", 16, 24, 24, "48px")]
+    x = torch.from_numpy(frames).float().permute(3, 0, 1, 2)[None] / 127.5 - 1  # [1, 3, 5, 16, 24]
+    with torch.no_grad():
+        x_z = vae.spatial_vae.encode(x, sample_posterior=False)
+        z = vae.temporal_vae.encode(x_z).mode()
+    image = A.encode_posteriors(items, vae, "image_vae")
+    video = A.encode_posteriors(items, vae, "video_vae")
+    torch.testing.assert_close(image["mean"][0], x_z[0], rtol=1e-5, atol=1e-5)
+    assert image["mean"][0][0].mean() > 0.5  # the red cast is in the first (shortcut) channel
+    torch.testing.assert_close(video["mean"][0], z[0], rtol=1e-5, atol=1e-5)
+    assert image["std"][0].shape == x_z[0].shape and bool((image["std"][0] > 0).all())

@@ -164,11 +164,17 @@ def _without_groupnorm(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def test_temporal_vae_convolutions_are_causal():
+@pytest.mark.parametrize("shortcut", [False, True])
+def test_temporal_vae_convolutions_are_causal(shortcut):
     """Every conv is causal: with the GroupNorms taken out, latent k depends on frames <= 4k+3
-    only, and decoded frame t on latents <= t // 4."""
+    only, and decoded frame t on latents <= t // 4. The narrow preset's time-averaging shortcut
+    keeps this (random, not zero, weights everywhere)."""
     torch.manual_seed(0)
-    tvae = _without_groupnorm(VAETemporal(**TINY_T)).eval()
+    tvae = _without_groupnorm(VAETemporal(**TINY_T, shortcut=shortcut)).eval()
+    if shortcut:  # its zero-initialised convs would hide a leak
+        with torch.no_grad():
+            for p in tvae.parameters():
+                p.add_(0.1 * torch.randn_like(p))
     x = torch.randn(1, 4, 12, 3, 3)
     x2 = x.clone()
     x2[:, :, 8:] = torch.randn_like(x2[:, :, 8:])  # change frames 8..11
@@ -256,6 +262,75 @@ def test_narrow_preset_builds():
     model = OpenSoraVAE_Narrow()
     assert model.get_latent_size([17, 64, 64]) == [5, 8, 8]
     assert model.time_factor == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# The parameter-free shortcuts (ours; on in the narrow preset, off in the released one)
+def test_shortcuts_add_no_weights_and_are_off_for_released_sizes():
+    with torch.device("meta"):
+        on = OpenSoraVAE_Narrow()
+        off = OpenSoraVAE_Narrow(shortcut_2d=False, vae_temporal={"shortcut": False})
+        released = OpenSoraVAE_V1_2()
+    assert on.spatial_vae.shortcut and on.temporal_vae.shortcut
+    assert not off.spatial_vae.shortcut and not off.temporal_vae.shortcut
+    assert not released.spatial_vae.shortcut and not released.temporal_vae.shortcut
+    assert "shortcut" not in released.config["vae_temporal"]  # the released config stays the reference's
+    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
+    assert shapes(on) == shapes(off)
+
+
+def test_temporal_shortcut_starts_as_time_average_and_repeat():
+    """A fresh shortcut model encodes latent j as the mean of frames [4j-3, 4j] (frame 0 alone
+    for j=0), decodes each latent to its 4 frames: a static clip comes back exactly, a still's
+    latent equals its 2D latent (the stage-1 identity loss is 0 at step 0)."""
+    torch.manual_seed(0)
+    tvae = VAETemporal(**TINY_T, shortcut=True).eval()
+    x = torch.randn(1, 4, 17, 3, 3)
+    with torch.no_grad():
+        z = tvae.encode(x).mode()  # [1, 4, 5, 3, 3]
+        torch.testing.assert_close(z[:, :, 0], x[:, :, 0])
+        torch.testing.assert_close(z[:, :, 2], x[:, :, 5:9].mean(dim=2))
+        rec = tvae.decode(z, 17)
+        torch.testing.assert_close(rec[:, :, 5:9], z[:, :, 2:3].expand(-1, -1, 4, -1, -1))
+        static = x[:, :, :1].expand(-1, -1, 17, -1, -1)
+        torch.testing.assert_close(tvae.decode(tvae.encode(static).mode(), 17), static)
+        still = x[:, :, :1]
+        torch.testing.assert_close(tvae.encode(still).mode(), still)
+
+
+def test_2d_shortcut_carries_the_patch_colours():
+    """With the learned encoder output zeroed, the first 3 scaled latent channels are the 8x8
+    patch means, and a fresh decoder (last conv zero) returns them bilinearly up-sampled."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = VideoAutoencoder(TINY_2D, TINY_T, shortcut_2d=True).eval()
+    quant = model.spatial_vae.module.quant_conv
+    with torch.no_grad():
+        quant.weight.zero_()
+        quant.bias.zero_()
+    x = video(1, 2, 16, 24)
+    with torch.no_grad():
+        x_z = model.spatial_vae.encode(x, sample_posterior=False)  # [1, 4, 2, 2, 3]
+        frames = x[0].permute(1, 0, 2, 3)  # [T, 3, H, W]
+        pooled = F.avg_pool2d(frames, 8)  # [T, 3, 2, 3]
+        torch.testing.assert_close(x_z[0, :3].permute(1, 0, 2, 3), pooled, rtol=1e-5, atol=1e-6)
+        assert torch.all(x_z[0, 3] == 0)
+        rec = model.spatial_vae.decode(x_z)
+        expected = F.interpolate(pooled, size=(16, 24), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(rec[0].permute(1, 0, 2, 3), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_shortcut_flags_survive_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    model = VideoAutoencoder(TINY_2D, {**TINY_T, "shortcut": True}, shortcut_2d=True).eval()
+    loaded = load_vae(save_vae(tmp_path / "sc.pt", model)).eval()
+    assert loaded.spatial_vae.shortcut and loaded.temporal_vae.shortcut
+    x = video(1, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.decode(loaded.encode(x, sample_posterior=False), num_frames=5),
+                                   model.decode(model.encode(x, sample_posterior=False), num_frames=5),
+                                   rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------

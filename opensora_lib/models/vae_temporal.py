@@ -295,6 +295,8 @@ class VAETemporal(nn.Module):
         filters, num_res_blocks, channel_multipliers, temporal_downsample, num_groups: see module doc.
             NB: the reference *class* defaults temporal_downsample to (True, True, False), but the
             released model (`VAE_Temporal_SD`) uses (False, True, True); we default to the latter.
+        shortcut: ours, not the reference's: a parameter-free time-averaging path around the
+            networks (`_shortcut_encode`); no weights, so state-dict keys and shapes are unchanged.
     """
 
     def __init__(
@@ -307,6 +309,7 @@ class VAETemporal(nn.Module):
         channel_multipliers: Sequence[int] = (1, 2, 2, 4),
         temporal_downsample: Sequence[bool] = (False, True, True),
         num_groups: int = 32,
+        shortcut: bool = False,
     ):
         super().__init__()
         self.config = dict(
@@ -319,6 +322,9 @@ class VAETemporal(nn.Module):
             temporal_downsample=tuple(bool(t) for t in temporal_downsample),
             num_groups=num_groups,
         )
+        if shortcut:  # only recorded when on: the released config stays the reference's
+            self.config["shortcut"] = True
+        self.shortcut = bool(shortcut)
         self.time_downsample_factor = 2 ** sum(bool(t) for t in temporal_downsample)
         self.out_channels = in_out_channels
         self.embed_dim = embed_dim
@@ -333,6 +339,14 @@ class VAETemporal(nn.Module):
         self.quant_conv = CausalConv3d(2 * latent_embed_dim, 2 * embed_dim, 1)
         self.post_quant_conv = CausalConv3d(embed_dim, latent_embed_dim, 1)
         self.decoder = Decoder(in_channels=latent_embed_dim, out_channels=in_out_channels, **level_args)
+        if self.shortcut:
+            if embed_dim != in_out_channels:
+                raise ValueError(f"the temporal shortcut needs embed_dim == in_out_channels, got {embed_dim}, {in_out_channels}")
+            # start as the shortcut alone: posterior mean = time averages (quant_conv zero, so logvar 0 as a
+            # fresh reference model has on average), decoder output zero, x_rec = z repeated
+            for conv in (self.quant_conv.conv, self.decoder.conv_out.conv):
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
 
     def time_padding(self, num_frames: int) -> int:
         """Zero frames put in FRONT of a clip of `num_frames` frames (to reach a multiple of the factor)."""
@@ -352,7 +366,25 @@ class VAETemporal(nn.Module):
         x = F.pad(x, (0, 0, 0, 0, pad, 0))
         h = self.encoder(x)  # [B, 2*latent_embed_dim, (T + pad) / factor, H, W]
         moments = self.quant_conv(h).to(x.dtype)  # [B, 2*embed_dim, T', H, W]
+        if self.shortcut:
+            moments = self._shortcut_encode(x[:, :, pad:], pad, moments)
         return DiagonalGaussianDistribution(moments)
+
+    # -- the parameter-free shortcut (narrow preset; off in the released model) ------------------
+    # A residual path around the temporal VAE (time-to-channel averaging, as DC-AE's shortcuts do
+    # for space): latent frame j's mean gets the average of the frames it covers, [4j-3, 4j] of the
+    # clip (the padded front repeats frame 0), and the decoder adds each latent back to its 4 frames.
+    # Both paths see the same frames, so causality is unchanged. Measured on 2D latents of the
+    # synthetic world: without it the narrow temporal VAE learns only the mean (MSE 0.09 = the
+    # latents' variance after 300 steps), with it 0.002 after 200 steps.
+    def _shortcut_encode(self, x: torch.Tensor, pad: int, moments: torch.Tensor) -> torch.Tensor:
+        # x [B, C, T, H, W] (unpadded) -> frame 0 repeated in front -> [B, C, T + pad, H, W]
+        if pad:
+            x = torch.cat([x[:, :, :1].expand(-1, -1, pad, -1, -1), x], dim=2)
+        b, c, t, h, w = x.shape
+        f = self.time_downsample_factor
+        means = x.reshape(b, c, t // f, f, h, w).mean(dim=3)  # [B, C, T', H, W]
+        return torch.cat([moments[:, :c] + means.to(moments.dtype), moments[:, c:]], dim=1)
 
     def decode(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
         # z: [B, embed_dim, T', H, W] -> [B, C, T' * factor, H, W] -> drop the front pad -> [B, C, num_frames, H, W]
@@ -363,6 +395,8 @@ class VAETemporal(nn.Module):
                 f"(time factor {self.time_downsample_factor})"
             )
         x = self.decoder(self.post_quant_conv(z))
+        if self.shortcut:
+            x = x + z.repeat_interleave(self.time_downsample_factor, dim=2).to(x.dtype)  # [B, C, T' * factor, H, W]
         return x[:, :, pad:]
 
     def forward(
@@ -396,6 +430,7 @@ VAE_TEMPORAL_NARROW_CONFIG = dict(
     channel_multipliers=(1, 2, 2, 4),
     temporal_downsample=(False, True, True),
     num_groups=8,
+    shortcut=True,  # parameter-free time-averaging shortcut (see VAETemporal._shortcut_encode)
 )
 
 

@@ -550,15 +550,15 @@ def encode_posteriors(items: Sequence[Item], vae, space: str, batch_size: int = 
             chunk = idx[s:s + step]
             x = torch.stack([to_tensor(_read_frames(items[i], decoded)) for i in chunk])  # [b, 3, T, H, W]
             b = x.shape[0]
-            frames = x.permute(0, 2, 1, 3, 4).reshape(b * T, 3, H, W)
-            dist = spatial.module.encode(frames).latent_dist
-            mean2d = dist.mean * spatial.scaling  # [b*T, C, h, w]
-            std2d = dist.std * spatial.scaling
-            to5d = lambda z: z.reshape(b, T, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # noqa: E731  [b, C, T, h, w]
+            # through the wrapper, not its diffusers module: the wrapper adds what the narrow preset's
+            # shortcut puts into the latent (the 8x8 patch colours)
+            mean2d, dist = spatial.encode(x, sample_posterior=False, return_posterior=True)  # [b, C, T, h, w] scaled
+            std2d = (dist.std * spatial.scaling).reshape(b, T, *dist.std.shape[1:])  # [b*T, C, h, w] -> [b, T, C, h, w]
+            std2d = std2d.permute(0, 2, 1, 3, 4)  # [b, C, T, h, w]
             if space == "image_vae":
-                mean, std = to5d(mean2d), to5d(std2d)
+                mean, std = mean2d, std2d
             else:
-                _, posterior = vae.encode_temporal(to5d(mean2d), sample_posterior=False)
+                _, posterior = vae.encode_temporal(mean2d, sample_posterior=False)
                 mean, std = posterior.mean, posterior.std
             for j, i in enumerate(chunk):
                 means[i], stds[i] = mean[j].float().clone(), std[j].float().clone()
@@ -1082,7 +1082,9 @@ def load_latent_set(items: Sequence[Item], vae, vae_path: str, space: str, capti
                     cache: FeatureCache, vae_seed: int = 0, progress: bool = False) -> tuple[LatentSet, bool]:
     """Posteriors of `items` in `space` (cached by VAE file, items and their files), as a LatentSet.
     `vae` may be a callable returning the VAE (called only on a cache miss)."""
-    parts = {"space": space, "items": items_digest(items), **vae_key(vae_path, vae_seed)}
+    # "encoder": bumped when encode_posteriors changes what it computes (2: through the 2D VAE wrapper, shortcut
+    # included), so caches written by older code are not read back
+    parts = {"space": space, "items": items_digest(items), "encoder": 2, **vae_key(vae_path, vae_seed)}
 
     def compute():
         v = vae() if callable(vae) and not isinstance(vae, nn.Module) else vae
