@@ -343,3 +343,23 @@ def test_loss_grid_images_and_videos(tiny_ckpts, tmp_path):
     s = summarise(t1)
     assert set(s["per_resolution"]) == {"48px", "64px"} and set(s["per_num_frames"]) == {"1", "9"}
     assert all(p.exists() for p in plot_loss_grid({"fresh": t1}, tmp_path / "fig"))
+
+
+def test_first_frame_fidelity_frames_the_condition_as_the_sampler_does():
+    """A 4:3 condition and a 1:1 clip: the condition is resized to cover and centre-cropped (as
+    `sample._read_reference` does), so a clip whose first frame IS that framing scores high, and a squashed
+    copy of the condition does not."""
+    import cv2
+
+    from opensora_lib.data.datasets import resize_crop, to_uint8
+
+    rng = np.random.default_rng(0)
+    cond = np.zeros((48, 64, 3), np.uint8)
+    cond[:, :32] = (220, 40, 40)  # left half red, right half blue: squashing moves the edge
+    cond[:, 32:] = (40, 80, 220)
+    cond[:, 40:44] = (245, 245, 245)
+    framed = to_uint8(resize_crop(cond[None], 48, 48))  # [1, 48, 48, 3]
+    clip = np.concatenate([framed, rng.integers(0, 256, (3, 48, 48, 3), dtype=np.uint8)])
+    assert det.first_frame_fidelity(clip, cond)["psnr"] > 40
+    squashed = cv2.resize(cond, (48, 48), interpolation=cv2.INTER_AREA)
+    assert det.first_frame_fidelity(np.concatenate([squashed[None], clip[1:]]), cond)["psnr"] < 25

@@ -568,9 +568,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def first_frame_fidelity(frames: np.ndarray, condition: np.ndarray, good_psnr: float = 30.0) -> dict:
-    """Image-to-video: PSNR (dB) of the first frame to the condition image (resized to the frame when sizes
-    differ); score = min(1, psnr / good_psnr)."""
-    import cv2
+    """Image-to-video: PSNR (dB) of the first frame to the condition image; score = min(1, psnr / good_psnr).
+    A condition of another size is framed as the sampler frames references (`resize_crop`: resize to cover,
+    centre-crop), so the two images show the same region (a plain resize would squash a non-matching aspect
+    ratio and cap the PSNR at a misalignment floor)."""
+    from ..data.datasets import resize_crop, to_uint8
 
     frames = _frames(frames)
     condition = np.asarray(condition)
@@ -578,7 +580,7 @@ def first_frame_fidelity(frames: np.ndarray, condition: np.ndarray, good_psnr: f
         condition = condition[0]
     h, w = frames.shape[1:3]
     if condition.shape[:2] != (h, w):
-        condition = cv2.resize(condition, (w, h), interpolation=cv2.INTER_AREA)
+        condition = to_uint8(resize_crop(condition[None], h, w))[0]  # [h, w, 3]
     value = psnr(frames[0], condition)
     return {"psnr": value, "score": 1.0 if value == float("inf") else min(1.0, value / good_psnr)}
 
