@@ -76,6 +76,45 @@ def test_video_detectors_agree_with_true_captions_and_not_shuffled(clips):
     assert res["scores_on_featureless"]["ungated"]["quality score"] >= 0.7, res["scores_on_featureless"]
 
 
+def test_binomial_tail_matches_hand_computed_values():
+    from opensora_lib.eval.scores import binomial_tail
+
+    # P(X >= 2), X ~ Bin(3, 0.5) = (3 + 1) / 8; P(X >= 1), X ~ Bin(4, 0.25) = 1 - 0.75^4
+    assert binomial_tail(2, 3, 0.5) == pytest.approx(0.5)
+    assert binomial_tail(1, 4, 0.25) == pytest.approx(1 - 0.75 ** 4)
+    assert binomial_tail(0, 5, 0.3) == 1.0 and binomial_tail(6, 5, 0.3) == 0.0
+    assert binomial_tail(1, 5, 0.0) == 0.0 and binomial_tail(5, 5, 1.0) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        binomial_tail(1, 5, 1.5)
+
+
+def test_caption_swap_control_separates_prompt_following_from_chance(clips):
+    """Real clips follow their captions: their own-caption rate is far above the swap control's, with a tiny
+    p-value. The same clips shown in a fixed order whatever the prompt (clip i answered for prompt i+1: a model
+    that ignores its prompt) are not above chance."""
+    from opensora_lib.eval import scores
+
+    frames = [f[:17] for f, _, _ in clips[:8]]
+    caps = [c for _, c, _ in clips[:8]]
+    control = scores.caption_swap_control(frames, caps, shifts=3)
+    assert control["pairs"] == 8 * 3
+    own = [det.video_adherence(f, c) for f, c in zip(frames, caps)]
+    test = scores.above_chance(own, control)
+    assert test["color"]["rate"] == 1.0 and test["color"]["chance"] < 0.5 and test["color"]["above"], test
+    assert test["object motion"]["above"] and test["object motion"]["p_value"] < 1e-3, test
+    ignored = [det.video_adherence(f, caps[(i + 1) % 8]) for i, f in enumerate(frames)]
+    test2 = scores.above_chance(ignored, control)
+    assert not test2["color"]["above"] and not test2["object motion"]["above"], test2
+    table = scores.chance_table({"real": test, "ignored": test2})
+    assert "| real |" in table and "**above**" in table.splitlines()[2]
+    with pytest.raises(ValueError, match="captions"):
+        scores.caption_swap_control(frames, caps[:3])
+    # a control that never hit (0 of 80 pairs) does not make one hit in 16 "certain": the test's rate is 1/82
+    never = {"color": 0.0, "counts": {"color": {"hits": 0, "n": 80}}}
+    one = scores.above_chance([{"color": 1}] + [{"color": 0}] * 15, never)["color"]
+    assert one["chance"] == 0.0 and one["p_value"] == pytest.approx(1 - (1 - 1 / 82) ** 16) and not one["above"]
+
+
 def test_object_motion_compensates_camera():
     """An object moving left under a camera panning left (content flows right) still moves left."""
     params = syn.WorldParams(seed=1, num_samples=1, still_fraction=0.0, min_frames=24, max_frames=24)

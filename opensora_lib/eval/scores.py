@@ -253,3 +253,89 @@ def score_records(records: list[dict], captions: list[str] | None = None) -> lis
         res["prompt"] = caption
         out.append(res)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Above chance? The caption-swap control
+#
+# A model that ignores its prompt still scores something on the semantic dimensions: clips that always show a green
+# object "match" every prompt that names green, and a detector may read a direction into noise. The chance level of
+# *these very clips* is measured by scoring each of them against the other prompts' captions (a permutation
+# control): clip i against caption (i + s) mod n for s = 1..shifts. Clips that follow their own prompts score higher
+# on their own captions; how surprising the difference is, is read from a one-sided exact binomial test
+# (H0: each clip matches its own caption with the control's rate).
+
+SEMANTIC_KEYS = {"color": "color", "object class": "shape", "object motion": "motion", "camera motion": "camera"}
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): the one-sided p-value of k successes in n trials at rate p."""
+    from math import comb
+
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p}")
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    return float(min(1.0, sum(comb(n, i) * p ** i * (1.0 - p) ** (n - i) for i in range(k, n + 1))))
+
+
+def caption_swap_control(clips: list[np.ndarray], captions: list[str], shifts: int | None = None) -> dict:
+    """The semantic dimensions of ``clips`` scored against the *other* clips' captions: clip i against caption
+    (i + s) mod n, s = 1..shifts (default: every other caption). Returns the mean per dimension (None where no
+    swapped caption states it), the hit counts behind each mean (``counts``: {dim: {"hits", "n"}}) and the number
+    of (clip, caption) pairs."""
+    from .detectors import video_adherence
+
+    n = len(clips)
+    if n != len(captions):
+        raise ValueError(f"{n} clips but {len(captions)} captions")
+    shifts = n - 1 if shifts is None else min(int(shifts), n - 1)
+    values: dict[str, list[float]] = {dim: [] for dim in SEMANTIC_KEYS}
+    for i, frames in enumerate(clips):
+        for s in range(1, shifts + 1):
+            res = video_adherence(frames, captions[(i + s) % n])
+            for dim, key in SEMANTIC_KEYS.items():
+                if res.get(key) is not None:
+                    values[dim].append(float(res[key]))
+    out: dict = {dim: (float(np.mean(v)) if v else None) for dim, v in values.items()}
+    out["counts"] = {dim: {"hits": int(sum(v)), "n": len(v)} for dim, v in values.items()}
+    out["pairs"] = n * shifts
+    return out
+
+
+def above_chance(results: list[dict], control: dict, alpha: float = 0.05) -> dict[str, dict]:
+    """Per semantic dimension: hits / n of the clips against their own captions (`detectors.video_adherence`
+    results), the control's chance rate, the one-sided binomial p-value and whether it is below ``alpha``.
+
+    The test's rate is the control's with one hit and one miss added, (hits + 1) / (n + 2) (Laplace's rule), when
+    the control has its counts: a finite control that never hit would otherwise make any single hit "certain"."""
+    out = {}
+    for dim, key in SEMANTIC_KEYS.items():
+        vals = [int(r[key]) for r in results if r.get(key) is not None]
+        k, n, chance = sum(vals), len(vals), control.get(dim)
+        counts = control.get("counts", {}).get(dim)
+        rate0 = (counts["hits"] + 1) / (counts["n"] + 2) if counts and counts["n"] else chance
+        p = binomial_tail(k, n, rate0) if n and rate0 is not None else None
+        out[dim] = {"hits": k, "n": n, "rate": k / n if n else None, "chance": chance, "p_value": p,
+                    "above": bool(p is not None and p < alpha)}
+    return out
+
+
+def chance_table(tests: dict[str, dict[str, dict]]) -> str:
+    """Markdown: one row per checkpoint, per semantic dimension 'rate (chance, p)' in percent."""
+    head = "| model | " + " | ".join(SEMANTIC_KEYS) + " |"
+    lines = [head, "|" + "---|" * (len(SEMANTIC_KEYS) + 1)]
+    for label, t in tests.items():
+        cells = []
+        for dim in SEMANTIC_KEYS:
+            d = t[dim]
+            if d["rate"] is None or d["chance"] is None:
+                cells.append("-")
+            else:
+                mark = " **above**" if d["above"] else ""
+                cells.append(f"{100 * d['rate']:.1f}% ({d['hits']}/{d['n']}) vs {100 * d['chance']:.1f}%, "
+                             f"p={d['p_value']:.3g}{mark}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
