@@ -109,6 +109,10 @@ def test_caption_swap_control_separates_prompt_following_from_chance(clips):
     assert "| real |" in table and "**above**" in table.splitlines()[2]
     with pytest.raises(ValueError, match="captions"):
         scores.caption_swap_control(frames, caps[:3])
+    # direction accuracy among clips whose object was found: 2 of 3 found, 1 direction right -> 1/2 vs 1/5
+    mg = scores.motion_given_object_found([{"color": 1, "motion": 1}, {"color": 1, "motion": 0},
+                                           {"color": 0, "motion": 1}, {"color": 1, "motion": None}])
+    assert (mg["hits"], mg["n"], mg["chance"]) == (1, 2, 0.2) and mg["p_value"] == pytest.approx(1 - 0.8 ** 2)
     # a control that never hit (0 of 80 pairs) does not make one hit in 16 "certain": the test's rate is 1/82
     never = {"color": 0.0, "counts": {"color": {"hits": 0, "n": 80}}}
     one = scores.above_chance([{"color": 1}] + [{"color": 0}] * 15, never)["color"]

@@ -339,3 +339,14 @@ def chance_table(tests: dict[str, dict[str, dict]]) -> str:
                              f"p={d['p_value']:.3g}{mark}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def motion_given_object_found(results: list[dict], num_directions: int = 5) -> dict:
+    """Direction accuracy among the clips whose named object was found (colour vote passed) and tracked: hits / n
+    and the one-sided binomial p-value against guessing one of ``num_directions`` (left, right, up, down, static).
+    Separates "moves the way the prompt says" from "shows the named object at all", which `above_chance`'s object
+    motion mixes."""
+    found = [int(r["motion"]) for r in results if r.get("motion") is not None and r.get("color")]
+    k, n = sum(found), len(found)
+    return {"hits": k, "n": n, "rate": k / n if n else None, "chance": 1.0 / num_directions,
+            "p_value": binomial_tail(k, n, 1.0 / num_directions) if n else None}
