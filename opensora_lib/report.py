@@ -107,7 +107,9 @@ SECTIONS: list[Section] = [
             "and VBench scores. We compute the same loss grid, and replace VBench (whose weights cannot be "
             "downloaded here) with detectors that read the synthetic world's truth back from pixels (object colour, "
             "shape, motion direction, camera motion, flicker, smoothness), validated on real clips. Our scores are "
-            "on our own scale, not VBench's; the gallery shows generated clips."
+            "on our own scale, not VBench's. Each semantic dimension, and the background colours the prompt "
+            "names, is tested against its chance level measured on the model's own clips (scored against other "
+            "prompts' captions; above_chance.md); the gallery shows generated clips."
         ),
         metrics=["eval"],
         figures=["eval/*", "gallery/*"],

@@ -406,3 +406,24 @@ def test_first_frame_fidelity_frames_the_condition_as_the_sampler_does():
     assert det.first_frame_fidelity(clip, cond)["psnr"] > 40
     squashed = cv2.resize(cond, (48, 48), interpolation=cv2.INTER_AREA)
     assert det.first_frame_fidelity(np.concatenate([squashed[None], clip[1:]]), cond)["psnr"] < 25
+
+
+def test_background_colour_reads_the_named_background_and_skips_gradients(clips, stills):
+    from opensora_lib.eval import background as bg
+
+    assert bg.caption_background_colours("A red square moves left across a pink and green checkered background.") \
+        == ["pink", "green"]
+    assert bg.caption_background_colours("An image of a cyan circle on a gray background.") == ["gray"]
+    assert bg.caption_background_colours("A red square, no background named.") == []
+    frame = np.zeros((20, 20, 3), np.uint8)
+    frame[:] = syn.PALETTE["gray"]
+    frame[:8, :8] = syn.PALETTE["red"]
+    frame[0, 0] = syn.PALETTE["blue"]
+    assert bg.main_colours(frame) == ["gray", "red"]
+    assert bg.background_colour(frame, "A blue cross stays still on a gray background.")["background"] == 1
+    assert bg.background_colour(frame, "A blue cross stays still on a blue background.")["background"] == 0
+    assert bg.background_colour(frame, "A blue cross on a gray to red gradient background.")["background"] is None
+    # real clips and stills of the world: their own captions hold, other clips' captions rarely
+    real = [(f, c) for f, c, _ in clips] + [(img, cap) for img, cap in stills]
+    v = bg.validate_background(real)
+    assert v["n"] >= 40 and v["truth"] >= 0.95 and v["shuffled"] <= 0.15, v

@@ -240,16 +240,16 @@ def run_vbench(videos_dir: str | Path, out_dir: str | Path, dimensions=VBENCH_DI
 
 
 def score_records(records: list[dict], captions: list[str] | None = None) -> list[dict]:
-    """`detectors.video_adherence` on the clips `opensora_lib.sample.generate` wrote (their lossless ``pixels``
-    copies), against ``captions`` (default: each record's prompt without the loop syntax or conditions)."""
+    """`semantic_result` (`detectors.video_adherence` and the background colour) on the clips
+    `opensora_lib.sample.generate` wrote (their lossless ``pixels`` copies), against ``captions`` (default: each
+    record's prompt without the loop syntax or conditions)."""
     from ..data.video_io import read_video
     from ..sample import extract_json, split_loops
-    from .detectors import video_adherence
 
     out = []
     for k, rec in enumerate(records):
         caption = captions[k] if captions else split_loops(extract_json(rec["prompt"])[0])[0][1]
-        res = video_adherence(read_video(rec["pixels"]), caption)
+        res = semantic_result(read_video(rec["pixels"]), caption)
         res["prompt"] = caption
         out.append(res)
     return out
@@ -265,7 +265,18 @@ def score_records(records: list[dict], captions: list[str] | None = None) -> lis
 # on their own captions; how surprising the difference is, is read from a one-sided exact binomial test
 # (H0: each clip matches its own caption with the control's rate).
 
-SEMANTIC_KEYS = {"color": "color", "object class": "shape", "object motion": "motion", "camera motion": "camera"}
+SEMANTIC_KEYS = {"color": "color", "object class": "shape", "object motion": "motion", "camera motion": "camera",
+                 "background colour": "background"}  # the last is reported beside the table, not weighted
+
+
+def semantic_result(frames: np.ndarray, caption: str) -> dict:
+    """`detectors.video_adherence` plus the background colour hit (`background.background_colour`)."""
+    from .background import background_colour
+    from .detectors import video_adherence
+
+    res = video_adherence(frames, caption)
+    res["background"] = background_colour(frames, caption)["background"]
+    return res
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:
@@ -286,8 +297,6 @@ def caption_swap_control(clips: list[np.ndarray], captions: list[str], shifts: i
     (i + s) mod n, s = 1..shifts (default: every other caption). Returns the mean per dimension (None where no
     swapped caption states it), the hit counts behind each mean (``counts``: {dim: {"hits", "n"}}) and the number
     of (clip, caption) pairs."""
-    from .detectors import video_adherence
-
     n = len(clips)
     if n != len(captions):
         raise ValueError(f"{n} clips but {len(captions)} captions")
@@ -295,7 +304,7 @@ def caption_swap_control(clips: list[np.ndarray], captions: list[str], shifts: i
     values: dict[str, list[float]] = {dim: [] for dim in SEMANTIC_KEYS}
     for i, frames in enumerate(clips):
         for s in range(1, shifts + 1):
-            res = video_adherence(frames, captions[(i + s) % n])
+            res = semantic_result(frames, captions[(i + s) % n])
             for dim, key in SEMANTIC_KEYS.items():
                 if res.get(key) is not None:
                     values[dim].append(float(res[key]))
