@@ -315,8 +315,8 @@ def caption_swap_control(clips: list[np.ndarray], captions: list[str], shifts: i
 
 
 def above_chance(results: list[dict], control: dict, alpha: float = 0.05) -> dict[str, dict]:
-    """Per semantic dimension: hits / n of the clips against their own captions (`detectors.video_adherence`
-    results), the control's chance rate, the one-sided binomial p-value and whether it is below ``alpha``.
+    """Per semantic dimension: hits / n of the clips against their own captions (`semantic_result` results, as
+    `score_records` gives them), the control's chance rate, the one-sided binomial p-value and whether it is below ``alpha``.
 
     The test's rate is the control's with one hit and one miss added, (hits + 1) / (n + 2) (Laplace's rule), when
     the control has its counts: a finite control that never hit would otherwise make any single hit "certain"."""
