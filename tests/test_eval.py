@@ -109,11 +109,21 @@ def test_caption_swap_control_separates_prompt_following_from_chance(clips):
     assert "| real |" in table and "**above**" in table.splitlines()[2]
     with pytest.raises(ValueError, match="captions"):
         scores.caption_swap_control(frames, caps[:3])
-    # direction accuracy among clips whose object was found: 2 of 3 found, 1 direction right -> 1/2 vs 1/5
+
+
+def test_motion_direction_is_scored_only_where_the_object_was_found():
+    """Clips whose colour vote failed do not count: 2 of 3 found, 1 direction right -> 1/2 against 1/5."""
+    from opensora_lib.eval import scores
+
     mg = scores.motion_given_object_found([{"color": 1, "motion": 1}, {"color": 1, "motion": 0},
                                            {"color": 0, "motion": 1}, {"color": 1, "motion": None}])
     assert (mg["hits"], mg["n"], mg["chance"]) == (1, 2, 0.2) and mg["p_value"] == pytest.approx(1 - 0.8 ** 2)
-    # a control that never hit (0 of 80 pairs) does not make one hit in 16 "certain": the test's rate is 1/82
+
+
+def test_a_control_that_never_hit_does_not_make_one_hit_certain():
+    """0 hits in 80 control pairs: the test's rate is (0 + 1) / (80 + 2), so 1 hit in 16 is not above chance."""
+    from opensora_lib.eval import scores
+
     never = {"color": 0.0, "counts": {"color": {"hits": 0, "n": 80}}}
     one = scores.above_chance([{"color": 1}] + [{"color": 0}] * 15, never)["color"]
     assert one["chance"] == 0.0 and one["p_value"] == pytest.approx(1 - (1 - 1 / 82) ** 16) and not one["above"]
