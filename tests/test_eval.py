@@ -5,6 +5,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 import pytest
 
 from opensora_lib.data import synthetic as syn
@@ -143,6 +144,36 @@ def test_object_motion_compensates_camera():
     raw = det.track_color(frames, obj.color)
     assert raw[-1, 0] > raw[0, 0]  # on screen it drifts right (camera 0.9 px/frame, object 0.4)
     mo = det.object_motion(frames, obj.color)
+    assert mo["direction"] == "left", mo
+
+
+def test_best_translation_recovers_a_known_shift_and_refuses_one_beyond_the_search():
+    rng = np.random.default_rng(0)
+    a = ndimage.gaussian_filter(rng.random((40, 56)), 1.5)
+    b = ndimage.shift(a, (0.5, 1.25), order=3)  # content moves by (x 1.25, y 0.5)
+    keep = np.zeros_like(a, dtype=bool)
+    keep[5:35, 5:51] = True
+    keep[12:28, 20:40] = False  # an object masked out
+    shift = det.best_translation(a, b, keep, max_shift=3.0)
+    assert shift == pytest.approx([1.25, 0.5], abs=0.13)
+    far = ndimage.shift(a, (0.0, 5.0), order=3)
+    assert det.best_translation(a, far, keep, max_shift=3.0) is None
+
+
+def test_camera_is_estimated_around_an_object_covering_a_fifth_of_the_frame():
+    """A large object leaves a few hundred background pixels: the affine alignment does not converge there, the
+    translation fallback does, so the pan is still compensated."""
+    params = syn.WorldParams(seed=1, num_samples=1, still_fraction=0.0, min_frames=24, max_frames=24)
+    spec = syn.sample_spec(params, 0)
+    spec.background, spec.camera_motion, spec.camera_speed = "checkered", "pan left", 0.9
+    spec.objects = spec.objects[:1]
+    obj = spec.objects[0]
+    obj.motion, obj.speed, obj.size = "left", 0.4, 0.26 * min(spec.height, spec.width)
+    obj.x0, obj.y0 = spec.width * 0.5 - 6, spec.height * 0.5
+    frames = syn.render(spec)
+    assert det.find_blobs(frames[0])[0].area > 0.12 * spec.height * spec.width
+    mo = det.object_motion(frames, obj.color)
+    assert mo["camera_estimated"] > 0.8, mo
     assert mo["direction"] == "left", mo
 
 

@@ -139,3 +139,31 @@ def test_statistics_count_what_was_generated(tiny_world):
     assert sum(stats["camera_motion"].values()) == stats["num_videos"]
     assert stats["total_frames"] == sum(int(r["num_frames"]) for r in rows)
     assert sum(stats["shapes"].values()) == sum(int(r["num_objects"]) for r in rows)
+
+
+def test_object_radius_is_drawn_from_the_object_size_range():
+    params = syn.WorldParams(**{**TINY, "object_size": "0.25,0.3"})
+    fracs = [obj.size / min(spec.height, spec.width)
+             for spec in (syn.sample_spec(params, i) for i in range(24)) for obj in spec.objects]
+    assert min(fracs) >= 0.25 and max(fracs) <= 0.3
+    assert max(fracs) - min(fracs) > 0.02  # drawn, not fixed
+    default = syn.WorldParams()
+    assert default.object_size == [0.2, 0.28]
+
+
+@pytest.mark.parametrize("bad", ["0.3,0.2", "0,0.2", "0.2,0.6", "0.2"])
+def test_an_impossible_object_size_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match="object_size"):
+        syn.WorldParams(object_size=bad)
+
+
+def test_the_first_named_object_is_drawn_in_front():
+    params = syn.WorldParams(seed=3, num_samples=200, still_fraction=1.0, two_object_fraction=1.0)
+    spec = syn.sample_spec(params, 0)
+    first, second = spec.objects
+    second.x0, second.y0 = first.x0, first.y0  # the second object exactly behind the first
+    frame = syn.render(spec)[0]
+    cy, cx = int(first.y0), int(first.x0)
+    assert tuple(frame[cy, cx]) == tuple(syn.PALETTE[first.color])
+    spec.objects = [second, first]  # swapped order: now the other one is in front
+    assert tuple(syn.render(spec)[0][cy, cx]) == tuple(syn.PALETTE[second.color])
