@@ -468,3 +468,61 @@ def test_background_colour_reads_the_named_background_and_skips_gradients(clips,
     real = [(f, c) for f, c, _ in clips] + [(img, cap) for img, cap in stills]
     v = bg.validate_background(real)
     assert v["n"] >= 40 and v["truth"] >= 0.95 and v["shuffled"] <= 0.15, v
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Caption sensitivity (eval.sensitivity)
+
+
+def test_swap_factor_changes_exactly_the_named_factor():
+    from opensora_lib.eval.sensitivity import swap_factor
+
+    cap = ("A red circle moves quickly right and a blue square stays still across a green and white checkered "
+           "background. The camera pans left.")
+    assert swap_factor(cap, "motion") == cap.replace("moves quickly right", "moves quickly left")
+    assert swap_factor(cap, "camera") == cap.replace("pans left", "pans right")
+    coloured = swap_factor(cap, "color")
+    new = syn.parse_caption(coloured)["objects"][0]
+    assert new["color"] not in {"red", "blue", "green", "white"} and new["shape"] == "circle"
+    assert coloured.replace(f"{new['color']} circle", "red circle") == cap
+    still = "A red circle stays still on a blue background. The camera is static."
+    assert swap_factor(still, "motion") is None and swap_factor(still, "camera") is None
+    assert swap_factor("A blue zoom out.", "color") is None
+    with pytest.raises(ValueError, match="factor"):
+        swap_factor(cap, "shape")
+
+
+def test_caption_sensitivity_pairs_noise_so_a_caption_blind_model_scores_zero(tiny_ckpts, tmp_path):
+    """A model whose output ignores the caption gets exactly the same loss for true and swapped captions (same
+    latents, timesteps and noise); the real tiny model's numbers are finite and the swaps counted per factor."""
+    import torch
+
+    from opensora_lib.eval.sensitivity import caption_sensitivity, sensitivity_markdown
+    from opensora_lib.models.text_encoder import MiniLMEncoder
+    from opensora_lib.models.vae import load_vae
+    from opensora_lib.sample import load_model
+
+    params = dict(seed=4, num_samples=6, still_fraction=0.0, min_frames=9, max_frames=10, max_duration=1.0,
+                  static_camera_fraction=0.0)
+    paths = syn.generate_dataset(tmp_path / "world", params, progress=False)
+    rows = syn.read_csv(paths["meta"])
+    model, _ = load_model(tiny_ckpts / "model.pt")
+    vae = load_vae(tiny_ckpts / "vae.pt")
+    enc = MiniLMEncoder(model_max_length=64)
+    res = caption_sensitivity(model, vae, enc, rows, num_frames=9, progress=False)
+    moving = sum(syn.parse_caption(r["text"])["objects"][0]["motion"] not in ("static", None) for r in rows)
+    assert res["color"]["n"] == len(rows) and res["camera"]["n"] == len(rows) and res["motion"]["n"] == moving
+    assert all(np.isfinite(res[f]["diff"]) for f in res if res[f]["n"])
+
+    class CaptionBlind(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, timestep, y, mask=None, **kwargs):
+            return self.inner(x, timestep, torch.zeros_like(y), mask=torch.ones_like(mask), **kwargs)
+
+    blind = caption_sensitivity(CaptionBlind(model), vae, enc, rows[:2], factors=("color",), num_frames=9,
+                                progress=False)["color"]
+    assert blind["n"] == 2 and blind["diff"] == 0.0 and blind["true_wins"] == 0 and blind["p_value"] == 1.0
+    assert "true wins 0/2" in sensitivity_markdown({"blind": {"color": blind}})
