@@ -109,7 +109,12 @@ SECTIONS: list[Section] = [
             "shape, motion direction, camera motion, flicker, smoothness), validated on real clips. Our scores are "
             "on our own scale, not VBench's. Each semantic dimension, and the background colours the prompt "
             "names, is tested against its chance level measured on the model's own clips (scored against other "
-            "prompts' captions; above_chance.md); the gallery shows generated clips."
+            "prompts' captions; above_chance.md). A probe of the denoiser itself compares its loss on real clips "
+            "under the true caption and under one with a factor swapped (caption_sensitivity.md): does it use the "
+            "colour, the motion direction, the camera? The ceiling (vae_ceiling.md) is what the detectors read from "
+            "real clips at the generation's size after the VAE round trip. Image-to-video (image_to_video.md): the "
+            "given frame is exact, the question is whether what follows continues it, at two guidance scales. The "
+            "gallery shows generated clips."
         ),
         metrics=["eval"],
         figures=["eval/*", "gallery/*"],

@@ -526,3 +526,65 @@ def test_caption_sensitivity_pairs_noise_so_a_caption_blind_model_scores_zero(ti
                                 progress=False)["color"]
     assert blind["n"] == 2 and blind["diff"] == 0.0 and blind["true_wins"] == 0 and blind["p_value"] == 1.0
     assert "true wins 0/2" in sensitivity_markdown({"blind": {"color": blind}})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The VAE ceiling (eval.ceiling)
+
+
+def test_vae_ceiling_with_an_identity_vae_equals_the_real_clips_and_counts_every_long_clip(tiny_ckpts, tmp_path):
+    """Through a VAE that returns its input the round trip reads exactly what the real clips read; clips shorter
+    than the generation are left out; the tiny trained-from-nothing VAE gives counts over the same clips."""
+    import torch
+
+    from opensora_lib.eval.ceiling import ceiling_markdown, vae_ceiling
+    from opensora_lib.models.vae import load_vae
+
+    params = dict(seed=6, num_samples=6, still_fraction=0.0, min_frames=9, max_frames=12, max_duration=1.0,
+                  static_camera_fraction=0.5)
+    paths = syn.generate_dataset(tmp_path / "world", params, progress=False)
+    rows = syn.read_csv(paths["meta"])
+    long_enough = sum(int(r["num_frames"]) >= 10 for r in rows)
+
+    class IdentityVAE:
+        device, dtype = torch.device("cpu"), torch.float32
+
+        def encode(self, x, sample_posterior=False):
+            return x
+
+        def decode(self, z, num_frames=None):
+            return z
+
+    same = vae_ceiling(IdentityVAE(), rows, num_frames=10, progress=False)
+    assert same["clips"] == long_enough and same["size"] == [48, 48] and len(same["per_clip"]) == long_enough
+    assert same["raw"] == same["vae"]
+    assert same["raw"]["color"]["n"] == long_enough and same["raw"]["color"]["hits"] >= long_enough - 1
+    tiny = vae_ceiling(load_vae(tiny_ckpts / "vae.pt").eval(), rows, num_frames=9, progress=False)
+    assert tiny["clips"] == len(rows) and tiny["raw"]["color"]["n"] == len(rows)
+    assert all(0 <= tiny["vae"][d]["hits"] <= tiny["vae"][d]["n"] for d in tiny["vae"])
+    table = ceiling_markdown(tiny)
+    assert table.count("\n") == 3 and "real, VAE round trip" in table
+    with pytest.raises(ValueError, match="aspect ratio"):
+        vae_ceiling(IdentityVAE(), rows, aspect_ratio="5:1", num_frames=9)
+
+
+def test_image_to_video_result_tells_a_continuation_from_a_cut(clips):
+    """A real clip continues its own first frame (exact first frame, no jump, object kept); the same continuation
+    after another clip's first frame jumps at the seam, and a clip without the object fails `object_kept`."""
+    from opensora_lib.eval import scores
+
+    a, cap_a, _ = clips[0]
+    b = next(f for f, _, _ in clips[1:] if f.shape[1:] == a.shape[1:] and np.abs(f[0].astype(int) - a[0]).mean() > 20)
+    own = scores.image_to_video_result(a, a[0], cap_a)
+    assert own["psnr"] == float("inf") and own["seam_score"] > 0.9 and own["object_kept"] == 1
+    cut = np.concatenate([b[:1], a[1:]])
+    spliced = scores.image_to_video_result(cut, b[0], cap_a)
+    assert spliced["psnr"] == float("inf") and spliced["seam_jump"] > own["seam_jump"] + 5
+    assert spliced["seam_score"] < 0.5
+    blank = np.repeat(a[:1] * 0 + 128, len(a), axis=0)
+    assert scores.image_to_video_result(blank, a[0], cap_a)["object_kept"] == 0
+    summary = scores.summarise_image_to_video([own, spliced])
+    assert summary["clips"] == 2 and summary["object_kept"] == 1.0
+    assert summary["seam_score_mean"] == pytest.approx((own["seam_score"] + spliced["seam_score"]) / 2)
+    table = scores.image_to_video_table({"m": {"cfg 7": summary}})
+    assert "| m | cfg 7 | 2 | inf |" in table and "| 100% |" in table

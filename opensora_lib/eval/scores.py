@@ -279,6 +279,50 @@ def semantic_result(frames: np.ndarray, caption: str) -> dict:
     return res
 
 
+def image_to_video_result(frames: np.ndarray, condition: np.ndarray, caption: str) -> dict:
+    """One image-to-video clip against its condition image (the first frame of a real clip) and that clip's caption.
+
+    ``psnr``: the first frame against the condition (`detectors.first_frame_fidelity`): the conditioned latent frame
+    stays exact, so this is the VAE's reconstruction error, the same for every model. What the model adds is the
+    continuation: ``seam_jump`` / ``seam_score`` (`detectors.seam_continuity` at frame 1: does the clip jump from the
+    given frame to the first generated one, against its own pace of change) and ``object_kept`` (the caption's first
+    object found in its colour by the colour vote of `detectors.video_adherence`, which reads frames spread over
+    the whole clip: an object that is only in the given frame fails it)."""
+    from .detectors import first_frame_fidelity, seam_continuity
+
+    seam = seam_continuity(frames, 1)
+    res = semantic_result(frames, caption)
+    return {"psnr": first_frame_fidelity(frames, condition)["psnr"], "seam_jump": seam["jump"],
+            "seam_score": seam["score"], "object_kept": res.get("color"), "motion": res.get("motion"),
+            "detected_motion": res.get("detected_motion")}
+
+
+def summarise_image_to_video(results: list[dict]) -> dict:
+    """Means over `image_to_video_result` records (None where no clip has the value)."""
+    def mean(key):
+        vals = [float(r[key]) for r in results if r.get(key) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    return {"clips": len(results), "psnr_mean": mean("psnr"), "seam_score_mean": mean("seam_score"),
+            "seam_jump_mean": mean("seam_jump"), "object_kept": mean("object_kept"),
+            "motion_given_object_found": motion_given_object_found(
+                [{"color": r.get("object_kept"), "motion": r.get("motion")} for r in results])}
+
+
+def image_to_video_table(results: dict[str, dict[str, dict]]) -> str:
+    """Markdown: ``{checkpoint: {setting: summarise_image_to_video(...)}}`` as one row per checkpoint and setting."""
+    lines = ["| model | setting | clips | first-frame PSNR (dB) | seam score | object kept | motion, object kept |",
+             "|---|---|---|---|---|---|---|"]
+    for name, settings in results.items():
+        for setting, s in settings.items():
+            m = s["motion_given_object_found"]
+            cells = ["-" if s[k] is None else fmt.format(s[k]) for k, fmt in
+                     (("psnr_mean", "{:.1f}"), ("seam_score_mean", "{:.2f}"), ("object_kept", "{:.0%}"))]
+            motion = f"{m['hits']}/{m['n']}" if m["n"] else "-"
+            lines.append(f"| {name} | {setting} | {s['clips']} | " + " | ".join(cells) + f" | {motion} |")
+    return "\n".join(lines)
+
+
 def binomial_tail(k: int, n: int, p: float) -> float:
     """P(X >= k) for X ~ Binomial(n, p): the one-sided p-value of k successes in n trials at rate p."""
     from math import comb
