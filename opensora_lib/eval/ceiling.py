@@ -22,15 +22,7 @@ import torch
 from ..data.aspect import ratio_key
 from ..data.datasets import resize_crop, to_uint8
 from ..data.video_io import read_video
-from .scores import SEMANTIC_KEYS, semantic_result
-
-
-def _rates(results: list[dict]) -> dict[str, dict]:
-    out = {}
-    for dim, key in SEMANTIC_KEYS.items():
-        vals = [int(r[key]) for r in results if r.get(key) is not None]
-        out[dim] = {"hits": int(sum(vals)), "n": len(vals), "rate": (sum(vals) / len(vals)) if vals else None}
-    return out
+from .scores import SEMANTIC_KEYS, semantic_counts, semantic_result
 
 
 @torch.no_grad()
@@ -60,8 +52,8 @@ def vae_ceiling(vae, rows: list[dict], resolution: str = "48px", aspect_ratio: s
             bucket.append(res)
             pair[name] = {k: res.get(k) for k in list(SEMANTIC_KEYS.values()) + ["detected_motion"]}
         per_clip.append({"caption": row["text"], **pair})
-    return {"raw": _rates(raw_results), "vae": _rates(vae_results), "clips": len(clips), "size": [height, width],
-            "num_frames": int(num_frames), "per_clip": per_clip}
+    return {"raw": semantic_counts(raw_results), "vae": semantic_counts(vae_results), "clips": len(clips),
+            "size": [height, width], "num_frames": int(num_frames), "per_clip": per_clip}
 
 
 def ceiling_markdown(ceiling: dict) -> str:
@@ -75,4 +67,3 @@ def ceiling_markdown(ceiling: dict) -> str:
             cells.append("-" if not d["n"] else f"{100 * d['rate']:.0f}% ({d['hits']}/{d['n']})")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-

@@ -300,8 +300,7 @@ def image_to_video_result(frames: np.ndarray, condition: np.ndarray, caption: st
 def summarise_image_to_video(results: list[dict]) -> dict:
     """Means over `image_to_video_result` records (None where no clip has the value)."""
     def mean(key):
-        vals = [float(r[key]) for r in results if r.get(key) is not None]
-        return float(np.mean(vals)) if vals else None
+        return _mean(r.get(key) for r in results)
 
     return {"clips": len(results), "psnr_mean": mean("psnr"), "seam_score_mean": mean("seam_score"),
             "seam_jump_mean": mean("seam_jump"), "object_kept": mean("object_kept"),
@@ -358,21 +357,29 @@ def caption_swap_control(clips: list[np.ndarray], captions: list[str], shifts: i
     return out
 
 
+def semantic_counts(results: list[dict]) -> dict[str, dict]:
+    """Per semantic dimension (`SEMANTIC_KEYS`): hits / n over the results that state it, and the rate (None when
+    none does)."""
+    out = {}
+    for dim, key in SEMANTIC_KEYS.items():
+        vals = [int(r[key]) for r in results if r.get(key) is not None]
+        out[dim] = {"hits": sum(vals), "n": len(vals), "rate": sum(vals) / len(vals) if vals else None}
+    return out
+
+
 def above_chance(results: list[dict], control: dict, alpha: float = 0.05) -> dict[str, dict]:
     """Per semantic dimension: hits / n of the clips against their own captions (`semantic_result` results, as
     `score_records` gives them), the control's chance rate, the one-sided binomial p-value and whether it is below ``alpha``.
 
     The test's rate is the control's with one hit and one miss added, (hits + 1) / (n + 2) (Laplace's rule), when
     the control has its counts: a finite control that never hit would otherwise make any single hit "certain"."""
-    out = {}
-    for dim, key in SEMANTIC_KEYS.items():
-        vals = [int(r[key]) for r in results if r.get(key) is not None]
-        k, n, chance = sum(vals), len(vals), control.get(dim)
+    out = semantic_counts(results)
+    for dim, own in out.items():
+        k, n, chance = own["hits"], own["n"], control.get(dim)
         counts = control.get("counts", {}).get(dim)
         rate0 = (counts["hits"] + 1) / (counts["n"] + 2) if counts and counts["n"] else chance
         p = binomial_tail(k, n, rate0) if n and rate0 is not None else None
-        out[dim] = {"hits": k, "n": n, "rate": k / n if n else None, "chance": chance, "p_value": p,
-                    "above": bool(p is not None and p < alpha)}
+        own.update(chance=chance, p_value=p, above=bool(p is not None and p < alpha))
     return out
 
 
