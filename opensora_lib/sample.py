@@ -268,6 +268,7 @@ class SampleConfig:
     device: str = "cpu"
     use_timestep_transform: bool = True
     transform_base_resolution: int = 512 * 512  # pixels where the timestep transform is neutral (use the training value)
+    transform_frame_scale: float = 1.0  # videos count as num_frames * this in the transform (use the training value)
     progress: bool = False
 
     def check(self) -> None:
@@ -414,7 +415,7 @@ def generate(config: SampleConfig | dict) -> list[dict]:
     h_lat, w_lat = vae.get_latent_size([None, height, width])[1:]
     scheduler = RFLOW(num_sampling_steps=cfg.steps, cfg_scale=cfg.cfg,
                       use_timestep_transform=cfg.use_timestep_transform,
-                      base_resolution=cfg.transform_base_resolution)
+                      base_resolution=cfg.transform_base_resolution, frame_scale=cfg.transform_frame_scale)
     model_fps = IMAGE_FPS if num_frames == 1 else cfg.fps
     latent_files = []
     for it in items:
@@ -548,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transform-base-resolution", type=int, default=512 * 512,
                    help="pixels where the timestep transform is neutral: the value the model was trained with "
                         "(released 262144; the embedded pipeline 16384)")
+    p.add_argument("--transform-frame-scale", type=float, default=1.0,
+                   help="videos count as num_frames * this in the timestep transform: the training value "
+                        "(released 1; the embedded pipeline 6)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--progress", action="store_true")
@@ -575,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
         condition_frame_edit=args.condition_frame_edit, align=args.align or None, weights=args.weights,
         text_encoder=args.text_encoder, text_encoder_path=args.text_encoder_path,
         formats=tuple(f for f in args.formats.split(",") if f), decode_chunk=args.decode_chunk, device=args.device,
-        transform_base_resolution=args.transform_base_resolution, progress=args.progress,
+        transform_base_resolution=args.transform_base_resolution,
+        transform_frame_scale=args.transform_frame_scale, progress=args.progress,
     )
     try:
         records = generate(cfg)

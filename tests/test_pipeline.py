@@ -67,6 +67,27 @@ def test_every_templated_param_is_declared_as_a_stage_param():
                 d[:-len("${key}")])) for d in declared), f"stage {name} reads {used} without declaring it"
 
 
+@pytest.mark.parametrize("params_dir", ["params", "params/released"])
+def test_every_templated_param_exists_in_both_param_sets(params_dir):
+    """`cp params/released/*.yaml params/` must give a pipeline DVC can template: each ${a.b.c} a command reads
+    (foreach items aside) is a key of the matching params file, in the embedded and in the released set."""
+    values = {}
+    for f in sorted((ROOT / params_dir).glob("*.yaml")):
+        values.update(yaml.safe_load(f.read_text()))
+    missing = set()
+    for name, stage in _stages():
+        for used in re.findall(r"\$\{([\w.]+)\}", stage["cmd"]):
+            if used == "key" or used.startswith("item."):
+                continue
+            node = values
+            for part in used.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    missing.add(f"{name}: {used}")
+                    break
+                node = node[part]
+    assert not missing, f"{params_dir} lacks {sorted(missing)}"
+
+
 def _run(cmd, cwd):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)

@@ -310,3 +310,50 @@ def test_base_resolution_reaches_training_and_sampling_timesteps():
     u = torch.linspace(0, 1, 100001)
     expected = (0.375 * u / (1 - 0.625 * u)).mean().item() * 1000
     assert t.mean().item() == pytest.approx(expected, abs=12)
+
+
+def test_frame_scale_gives_a_stand_in_clip_the_released_clips_shift():
+    """frame_scale (ours): the embedded 9-frame bucket stands in for the released 51-frame one. At frame_scale 6 a
+    48x48 9-frame clip against the 128x128 base gets exactly the shift of a 144x256 51-frame clip against 512x512:
+    r = 0.375 * sqrt(54 // 17 * 5) = 0.375 * sqrt(15) = 1.4524, so t = 500 -> 1.4524*0.5 / (1 + 0.4524*0.5) * 1000."""
+    t = torch.tensor([250.0, 500.0, 900.0])
+    ours = {"height": torch.full((3,), 48.0), "width": torch.full((3,), 48.0), "num_frames": torch.full((3,), 9.0)}
+    released = {"height": torch.full((3,), 144.0), "width": torch.full((3,), 256.0), "num_frames": torch.full((3,), 51.0)}
+    scaled = timestep_transform(t, ours, base_resolution=16384, num_timesteps=1000, frame_scale=6)
+    torch.testing.assert_close(scaled, timestep_transform(t, released, num_timesteps=1000))
+    r = 0.375 * math.sqrt(15)
+    assert scaled[1].item() == pytest.approx(r * 0.5 / (1 + (r - 1) * 0.5) * 1000, rel=1e-6)
+    # frame_scale 1 is the reference: a 9-frame clip has 0 latent frames by the formula and counts as one (r = 0.375)
+    plain = timestep_transform(t, ours, base_resolution=16384, num_timesteps=1000)
+    assert plain[1].item() == pytest.approx(0.1875 / 0.6875 * 1000, rel=1e-6)
+    # stills are not scaled
+    still = {k: v.clone() for k, v in ours.items()}
+    still["num_frames"] = torch.ones(3)
+    torch.testing.assert_close(timestep_transform(t, still, base_resolution=16384, num_timesteps=1000, frame_scale=6),
+                               timestep_transform(t, still, base_resolution=16384, num_timesteps=1000))
+
+
+def test_frame_scale_reaches_training_and_sampling_timesteps():
+    kwargs = {"height": torch.tensor([48.0]), "width": torch.tensor([48.0]), "num_frames": torch.tensor([17.0])}
+    r = 0.375 * math.sqrt(102 // 17 * 5)  # 17 frames stand in for 102: 30 latent frames
+
+    class RecordTimesteps(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def forward(self, x, t, y, **kw):
+            self.seen.append(t[0].item())
+            return torch.zeros(x.shape[0], 2 * x.shape[1], *x.shape[2:])
+
+    model = RecordTimesteps()
+    sampler = RFLOW(num_sampling_steps=2, use_timestep_transform=True, base_resolution=16384, frame_scale=6)
+    sampler.sample(model, torch.zeros(1, 4, 5, 6, 6), torch.zeros(1, 1, 3, 8), y_null=torch.zeros(1, 1, 3, 8),
+                   additional_args=kwargs, progress=False)
+    assert model.seen[1] == pytest.approx(r * 0.5 / (1 + (r - 1) * 0.5) * 1000, rel=1e-6)
+    sched = RFlowScheduler(use_timestep_transform=True, base_resolution=16384, frame_scale=6)
+    torch.manual_seed(0)
+    t = sched.sample_t(torch.zeros(4096, 4, 5, 6, 6), {k: v.expand(4096) for k, v in kwargs.items()})
+    u = torch.linspace(0, 1, 100001)
+    expected = (r * u / (1 + (r - 1) * u)).mean().item() * 1000
+    assert t.mean().item() == pytest.approx(expected, abs=12)

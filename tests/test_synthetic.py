@@ -157,6 +157,26 @@ def test_an_impossible_object_size_is_refused_by_name(bad):
         syn.WorldParams(object_size=bad)
 
 
+def test_object_speed_is_drawn_from_its_range_and_named_in_the_caption():
+    params = syn.WorldParams(**{**TINY, "still_fraction": 0.0, "object_speed": "1.0,1.5"})
+    specs = [syn.sample_spec(params, i) for i in range(24)]
+    speeds = [o.speed for s in specs for o in s.objects if o.motion != "static"]
+    assert speeds and max(speeds) <= 1.5  # placement only ever slows an object down
+    assert sum(v >= 1.0 for v in speeds) >= len(speeds) // 2  # most fit at their drawn speed
+    for spec in specs:
+        caption = syn.make_caption(spec)
+        for o in spec.objects:
+            if o.motion != "static":
+                pace = "quickly" if o.speed >= syn.FAST_SPEED else "slowly"
+                assert f"{o.color} {o.shape} moves {pace} {o.motion}" in caption
+
+
+@pytest.mark.parametrize("bad", ["1.5,1.0", "0,1.0", "1.0"])
+def test_an_impossible_object_speed_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match="object_speed"):
+        syn.WorldParams(object_speed=bad)
+
+
 def test_the_first_named_object_is_drawn_in_front():
     params = syn.WorldParams(seed=3, num_samples=200, still_fraction=1.0, two_object_fraction=1.0)
     spec = syn.sample_spec(params, 0)

@@ -191,6 +191,9 @@ def test_config_from_params_and_released_switch():
     released = engine.stage_config(yaml.safe_load((ROOT / "params/released/train.yaml").read_text())["train"], 1)
     assert released.model_preset == "STDiT3-XL/2" and released.warmup_steps == 1000 and released.precision == "bf16"
     assert released.lr == 1e-4  # the released configs' lr (the embedded default trains at 5e-4, params/train.yaml)
+    # the timestep transform sees video lengths as they are in the released run, scaled in the embedded one
+    assert released.transform_frame_scale == 1.0
+    assert cfg.transform_frame_scale == float(params["common"]["transform_frame_scale"])
     with pytest.raises(ValueError, match="unknown training param"):
         engine.VideoTrainConfig.from_dict({"stpes": 3})
 

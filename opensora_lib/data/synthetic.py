@@ -95,6 +95,9 @@ class WorldParams:
     # object radius as a fraction of the frame's short side: "low,high" (drawn uniformly). At 48 px a radius of
     # 0.2-0.28 is a diameter of 2-3.4 latent pixels (the VAE is 8x) under the embedded DiT's 3x3 to 4x4 tokens.
     object_size: str | list = "0.2,0.28"
+    # speed of a moving object in px/frame, "low,high" (drawn uniformly; placement slows an object down until its
+    # whole path stays in view, so long clips end up slower). The camera pans / tilts at 0.3-1.0 px/frame.
+    object_speed: str | list = "0.3,1.6"
 
     def __post_init__(self):
         if isinstance(self.resolutions, str):
@@ -103,6 +106,9 @@ class WorldParams:
         self.aspect_ratios = _parse_list(self.aspect_ratios)
         self.fps_choices = _parse_list(self.fps_choices, int)
         self.object_size = _parse_list(self.object_size, float)
+        self.object_speed = _parse_list(self.object_speed, float)
+        if len(self.object_speed) != 2 or not 0 < self.object_speed[0] <= self.object_speed[1]:
+            raise ValueError(f"object_speed must be 'low,high' px/frame with 0 < low <= high, got {self.object_speed}")
         if len(self.object_size) != 2 or not 0 < self.object_size[0] <= self.object_size[1] < 0.5:
             raise ValueError(f"object_size must be 'low,high' with 0 < low <= high < 0.5 (a radius as a fraction "
                              f"of the short side), got {self.object_size}")
@@ -324,7 +330,7 @@ def sample_spec(params: WorldParams, index: int) -> SampleSpec:
     objects = []
     for k in range(num_objects):
         motion = "static" if still else OBJECT_MOTIONS[rng.integers(len(OBJECT_MOTIONS))]
-        speed = 0.0 if motion == "static" else float(rng.uniform(0.3, 1.6))
+        speed = 0.0 if motion == "static" else float(rng.uniform(*params.object_speed))
         size = float(rng.uniform(*params.object_size) * min(height, width))
         objects.append(ObjectSpec(SHAPES[shapes[k]], colors[k], motion, speed, size, 0.0, 0.0))
     _place_objects(rng, spec, objects)

@@ -26,6 +26,7 @@ def timestep_transform(
     scale: float = 1.0,
     num_timesteps: int = 1,
     first_sample_switch: bool = False,
+    frame_scale: float = 1.0,
 ) -> torch.Tensor:
     """Shift timesteps t [B] (in 0..num_timesteps) by the size of each sample.
 
@@ -42,12 +43,19 @@ def timestep_transform(
     reproduces it); by default each sample decides for itself. Batches hold one bucket, so both give
     the same numbers in Open-Sora's training and sampling. Videos of 2..16 frames (0 latent frames by
     the formula, which would zero every timestep) count as 1 latent frame.
+
+    ``frame_scale`` (ours; 1 = the reference): videos enter the formula as ``num_frames * frame_scale`` frames,
+    for clips that stand in for longer ones. The embedded frame buckets 9 / 17 / 33 stand in for the released
+    51 / 102 / 204; at frame_scale 6 a 48 px 9-frame clip (base 128x128) gets the shift of a released 144p
+    51-frame clip (base 512x512), r = 0.375 * sqrt(15) = 1.45, where frame_scale 1 gives it an image's 0.375.
+    Images (num_frames == 1) are not scaled.
     """
     t = t / num_timesteps
     resolution = model_kwargs["height"] * model_kwargs["width"]
     ratio_space = (resolution / base_resolution).sqrt()
     num_frames = model_kwargs["num_frames"]
-    latent_frames = num_frames // 17 * 5
+    seen_frames = num_frames * frame_scale if frame_scale != 1 else num_frames  # (ours) the length stood in for
+    latent_frames = seen_frames // 17 * 5
     if first_sample_switch:
         is_image = (num_frames[:1] == 1).expand_as(num_frames)
     else:
@@ -86,6 +94,7 @@ class RFlowScheduler:
         transform_scale: float = 1.0,
         first_sample_switch: bool = False,
         base_resolution: int = 512 * 512,
+        frame_scale: float = 1.0,
     ):
         if sample_method not in ("uniform", "logit-normal"):
             raise ValueError(f"sample_method must be 'uniform' or 'logit-normal', got {sample_method!r}")
@@ -102,6 +111,7 @@ class RFlowScheduler:
         self.transform_scale = transform_scale
         self.first_sample_switch = first_sample_switch
         self.base_resolution = base_resolution  # pixels where the transform is neutral (reference: 512*512)
+        self.frame_scale = frame_scale  # video lengths as the transform sees them (ours; reference: 1)
 
     def sample_t(self, x_start: torch.Tensor, model_kwargs: dict | None = None) -> torch.Tensor:
         """Training timesteps [B] in [0, num_timesteps] (transformed when enabled)."""
@@ -120,6 +130,7 @@ class RFlowScheduler:
                 scale=self.transform_scale,
                 num_timesteps=self.num_timesteps,
                 first_sample_switch=self.first_sample_switch,
+                frame_scale=self.frame_scale,
             )
         return t
 
@@ -180,6 +191,7 @@ def sampling_timesteps(
     model_kwargs: dict | None = None,
     first_sample_switch: bool = False,
     base_resolution: int = 512 * 512,
+    frame_scale: float = 1.0,
 ) -> list[torch.Tensor]:
     """The N sampling times t_i = (1 - i/N) * num_timesteps, i = 0..N-1, each as a [B] tensor
     (transformed per sample when enabled)."""
@@ -190,7 +202,7 @@ def sampling_timesteps(
     if use_timestep_transform:
         ts = [
             timestep_transform(t, model_kwargs, base_resolution=base_resolution, num_timesteps=num_timesteps,
-                               first_sample_switch=first_sample_switch)
+                               first_sample_switch=first_sample_switch, frame_scale=frame_scale)
             for t in ts
         ]
     return ts
@@ -277,6 +289,7 @@ class RFLOW:
             model_kwargs=additional_args,
             first_sample_switch=self.first_sample_switch,
             base_resolution=self.scheduler.base_resolution,
+            frame_scale=self.scheduler.frame_scale,
         )
 
         if mask is not None:

@@ -752,9 +752,10 @@ class BatchSampler:
 
 
 def sample_rf_timesteps(recipe: Recipe, batch_size: int, model_kwargs: dict, generator: torch.Generator | None = None,
-                        base_resolution: int = 512 * 512) -> torch.Tensor:
+                        base_resolution: int = 512 * 512, frame_scale: float = 1.0) -> torch.Tensor:
     """Rectified-flow training timesteps [B] in [0, 1000]: uniform, or sigmoid(N(0, 1)) * 1000 (logit-normal),
-    then the resolution/length-aware transform when the recipe says so (base resolution in pixels)."""
+    then the resolution/length-aware transform when the recipe says so (base resolution in pixels, video lengths
+    times `frame_scale`: `timestep_transform`)."""
     if recipe.sample_method == "uniform":
         t = torch.rand(batch_size, generator=generator) * NUM_TIMESTEPS
     elif recipe.sample_method == "logit-normal":
@@ -762,12 +763,13 @@ def sample_rf_timesteps(recipe: Recipe, batch_size: int, model_kwargs: dict, gen
     else:
         raise ValueError(f"unknown sample_method {recipe.sample_method!r}")
     if recipe.timestep_transform:
-        t = timestep_transform(t, model_kwargs, base_resolution=base_resolution, num_timesteps=NUM_TIMESTEPS)
+        t = timestep_transform(t, model_kwargs, base_resolution=base_resolution, num_timesteps=NUM_TIMESTEPS,
+                               frame_scale=frame_scale)
     return t
 
 
 def training_loss(model, recipe: Recipe, x0: torch.Tensor, model_kwargs: dict, generator: torch.Generator | None = None,
-                  mask: torch.Tensor | None = None, base_resolution: int = 512 * 512) -> dict:
+                  mask: torch.Tensor | None = None, base_resolution: int = 512 * 512, frame_scale: float = 1.0) -> dict:
     """Per-sample losses of the recipe's objective: DDPM {"loss" = mse + vb, "mse", "vb"}, rectified flow {"loss"}."""
     noise = torch.randn(x0.shape, generator=generator)
     if recipe.objective == "ddpm":
@@ -776,7 +778,7 @@ def training_loss(model, recipe: Recipe, x0: torch.Tensor, model_kwargs: dict, g
         diffusion = GaussianDiffusion(learn_sigma=getattr(model, "pred_sigma", True))
         t = diffusion.sample_t(x0.shape[0], generator=generator)
         return diffusion.training_losses(model, x0, t, model_kwargs, noise=noise)
-    t = sample_rf_timesteps(recipe, x0.shape[0], model_kwargs, generator, base_resolution)
+    t = sample_rf_timesteps(recipe, x0.shape[0], model_kwargs, generator, base_resolution, frame_scale)
     return RFlowScheduler(num_timesteps=NUM_TIMESTEPS).training_losses(model, x0, model_kwargs, noise=noise, mask=mask, t=t)
 
 
@@ -809,6 +811,7 @@ def train(
     warmup_steps: int = 0,
     weight_decay: float = 0.0,
     base_resolution: int = 512 * 512,
+    frame_scale: float = 1.0,
     log_every: int = 10,
     progress: bool = True,
 ) -> list[dict]:
@@ -840,7 +843,7 @@ def train(
         g, idx = sampler.next()
         x0, kwargs = make_batch(g, idx, captions, recipe, gen)
         mask = masks.get_masks(x0) if masks is not None else None
-        losses = training_loss(model, recipe, x0, kwargs, gen, mask, base_resolution)
+        losses = training_loss(model, recipe, x0, kwargs, gen, mask, base_resolution, frame_scale)
         loss = losses["loss"].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -908,11 +911,12 @@ def eval_loss(model: STDiT3, recipe: Recipe, data: LatentSet, captions: CaptionT
 @torch.no_grad()
 def rf_sample(model, z: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor | None, model_kwargs: dict,
               num_steps: int = 30, cfg_scale: float = 7.0, use_timestep_transform: bool = True,
-              base_resolution: int = 512 * 512) -> torch.Tensor:
+              base_resolution: int = 512 * 512, frame_scale: float = 1.0) -> torch.Tensor:
     """Rectified-flow Euler sampling with classifier-free guidance (`RFLOW.sample`, no frame masks) at the
-    recipe's timestep-transform base resolution."""
+    recipe's timestep-transform base resolution and frame scale."""
     sampler = RFLOW(num_sampling_steps=num_steps, num_timesteps=NUM_TIMESTEPS, cfg_scale=cfg_scale,
-                    use_timestep_transform=use_timestep_transform, base_resolution=base_resolution)
+                    use_timestep_transform=use_timestep_transform, base_resolution=base_resolution,
+                    frame_scale=frame_scale)
     return sampler.sample(model, z, y, y_mask, additional_args=model_kwargs, progress=False)
 
 
@@ -946,7 +950,7 @@ def decode_latents(z: torch.Tensor, vae, recipe: Recipe, num_frames: int = 1) ->
 def generate(model: STDiT3, recipe: Recipe, prompts: Sequence[Prompt], captions: CaptionTable, vae, seed: int = 0,
              ddpm_steps: int = 25, ddpm_method: str = "ddim", ddpm_cfg: float = 4.5, rf_steps: int = 30,
              rf_cfg: float = 7.0, base_resolution: int = 512 * 512, latent_channels: int = 4,
-             vae_time_factor: int = 4) -> list[np.ndarray]:
+             vae_time_factor: int = 4, frame_scale: float = 1.0) -> list[np.ndarray]:
     """Generate every prompt (batched by size) with the recipe's sampler and VAE -> uint8 [T, H, W, 3] arrays.
     Noise comes from a generator seeded by `seed` (the same prompts and seed give the same noise at every step)."""
     from ..data.datasets import to_uint8
@@ -970,7 +974,8 @@ def generate(model: STDiT3, recipe: Recipe, prompts: Sequence[Prompt], captions:
                                   learn_sigma=model.pred_sigma)
             x = sampler.sample(model, z, y, mask, additional_args=kwargs, generator=gen)
         else:
-            x = rf_sample(model, z, y, mask, kwargs, rf_steps, rf_cfg, recipe.timestep_transform, base_resolution)
+            x = rf_sample(model, z, y, mask, kwargs, rf_steps, rf_cfg, recipe.timestep_transform, base_resolution,
+                          frame_scale)
         pixels = decode_latents(x, vae, recipe, num_frames=T)  # [b, 3, T, H, W]
         for j, i in enumerate(idx):
             out[i] = to_uint8(pixels[j])

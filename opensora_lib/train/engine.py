@@ -137,6 +137,7 @@ class VideoTrainConfig:
     sample_method: str = "logit-normal"
     use_timestep_transform: bool = True
     transform_base_resolution: int = 512 * 512
+    transform_frame_scale: float = 1.0  # (ours) videos count as num_frames * this in the shift; reference: 1
     # optimisation
     steps: int = 100
     lr: float = 1e-4
@@ -529,7 +530,7 @@ class VideoTrainer:
         self.engine.train()
         self.scheduler = RFlowScheduler(
             base_resolution=cfg.transform_base_resolution, sample_method=cfg.sample_method,
-            use_timestep_transform=cfg.use_timestep_transform,
+            use_timestep_transform=cfg.use_timestep_transform, frame_scale=cfg.transform_frame_scale,
         )
         self.global_step = 0
         self.history: list[dict] = []
