@@ -588,3 +588,20 @@ def test_image_to_video_result_tells_a_continuation_from_a_cut(clips):
     assert summary["seam_score_mean"] == pytest.approx((own["seam_score"] + spliced["seam_score"]) / 2)
     table = scores.image_to_video_table({"m": {"cfg 7": summary}})
     assert "| m | cfg 7 | 2 | inf |" in table and "| 100% |" in table
+
+
+def test_toy_direction_diagnostic_reads_back_the_motion_it_renders():
+    """benchmarks/toy_direction.py: a rendered blob's centroid moves by speed x (T - 1) the way its direction says,
+    and a batch keeps every blob in view."""
+    import torch
+
+    from benchmarks import toy_direction as toy
+
+    for v in (0.5, -0.5):
+        clip = toy.render(1.0 if v > 0 else 3.0, 2, v)[None]
+        assert toy.displacement(clip).item() == pytest.approx(v * (toy.T - 1), abs=1e-5)
+    clips, direction = toy.make_batch(64, 0.5, False, torch.Generator().manual_seed(0))
+    dx = toy.displacement(clips)
+    assert torch.allclose(dx, torch.where(direction == 1, 2.0, -2.0), atol=1e-5)
+    mass = (clips * toy.COLOUR[None, :, None, None, None]).sum(1)  # [n, T, H, W]
+    assert torch.allclose(mass.sum((2, 3)), torch.full((64, toy.T), 4 * float((toy.COLOUR ** 2).sum())), atol=1e-4)

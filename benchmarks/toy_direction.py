@@ -1,0 +1,140 @@
+"""Can STDiT3-S/2 learn "moves left" vs "moves right" from text when that is all there is to learn?
+
+A diagnostic for the embedded run's motion direction (README, "What the embedded run reaches"), not part of
+`make bench` (it trains for minutes). Latents have the size of a 48 px, 17-frame clip ([4, 5, 6, 6]): a zero
+background and a 2x2 blob of one fixed 4-channel colour that moves `--speed` latent px per latent frame to the left
+or to the right (bilinear, so half-pixel steps show). The caption (MiniLM states) says which. A fresh STDiT3-S/2 is
+trained with the rectified-flow loss (logit-normal t, no shift), then samples `--samples` clips per caption (30
+Euler steps, guidance `--cfg`); the blob's x centroid in the first and last latent frame gives the direction.
+
+`--fixed-start` starts every blob in the middle, so the direction also changes *where* the blob is in each frame;
+without it the start is uniform and the direction is only a relation between frames (each frame on its own looks
+the same for both captions). `--first-frame` gives the model the clean first latent frame in training and sampling
+(image-to-video: frame mask, timestep 0 for that frame), which makes the later frames' positions depend on the
+caption given that frame.
+
+    python -m benchmarks.toy_direction --steps 400
+    python -m benchmarks.toy_direction --steps 400 --fixed-start
+    python -m benchmarks.toy_direction --steps 400 --first-frame
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from opensora_lib.models.stdit3 import STDiT3_S_2
+from opensora_lib.models.text_encoder import MiniLMEncoder
+from opensora_lib.schedulers.rectified_flow import RFLOW, RFlowScheduler
+
+T, H, W, C = 5, 6, 6, 4  # latent frames, height, width, channels of a 48 px 17-frame clip
+COLOUR = torch.tensor([1.5, -1.0, 0.8, -0.6])
+CAPTIONS = ["A square moves slowly left.", "A square moves slowly right."]
+
+
+def render(x0: float, y0: int, v: float) -> torch.Tensor:
+    """One clip [C, T, H, W]: a 2-px-wide blob whose left edge is at x0 + v*t (bilinear), rows y0 and y0 + 1."""
+    out = torch.zeros(C, T, H, W)
+    xs = torch.arange(W, dtype=torch.float32)
+    rows = ((torch.arange(H) >= y0) & (torch.arange(H) < y0 + 2)).float()  # [H]
+    for t in range(T):
+        left = x0 + v * t
+        cover = sum((1 - (xs - (left + k)).abs()).clamp(min=0) for k in (0, 1)).clamp(max=1)  # [W]
+        out[:, t] = COLOUR[:, None, None] * (rows[:, None] * cover[None, :])
+    return out
+
+
+def make_batch(n: int, speed: float, fixed_start: bool, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n clips [n, C, T, H, W] and their directions [n] (0 left, 1 right); every blob stays in view."""
+    direction = torch.randint(0, 2, (n,), generator=gen)
+    travel = speed * (T - 1)
+    x0 = torch.rand(n, generator=gen) * (W - 2 - travel)
+    x0 = torch.where(direction == 1, x0, x0 + travel)
+    if fixed_start:
+        x0 = torch.full((n,), (W - 2) / 2)
+    y0 = torch.randint(0, H - 1, (n,), generator=gen)
+    v = torch.where(direction == 1, speed, -speed)
+    clips = torch.stack([render(float(x0[i]), int(y0[i]), float(v[i])) for i in range(n)])
+    return clips, direction
+
+
+def displacement(latents: torch.Tensor) -> torch.Tensor:
+    """x centroid of the blob's colour in the last latent frame minus the first, per clip [n]."""
+    mass = (latents * COLOUR[None, :, None, None, None]).sum(1).clamp(min=0)  # [n, T, H, W]
+    cx = (mass.sum(2) * torch.arange(W, dtype=torch.float32)).sum(-1) / mass.sum((2, 3)).clamp(min=1e-6)  # [n, T]
+    return cx[:, -1] - cx[:, 0]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--speed", type=float, default=0.5, help="latent px per latent frame")
+    p.add_argument("--fixed-start", action="store_true")
+    p.add_argument("--first-frame", action="store_true", help="condition on the clean first latent frame")
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--cfg", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+
+    captions = MiniLMEncoder(model_max_length=16).encode(CAPTIONS)
+
+    def kwargs(direction: torch.Tensor) -> dict:
+        n = len(direction)
+        return dict(y=captions["y"][direction].float(), mask=captions["mask"][direction],
+                    fps=torch.full((n,), 24.0), height=torch.full((n,), 48.0), width=torch.full((n,), 48.0),
+                    num_frames=torch.full((n,), 17.0))
+
+    model = STDiT3_S_2(model_max_length=16, class_dropout_prob=0.1)
+    scheduler = RFlowScheduler(sample_method="logit-normal")
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=5e-4, eps=1e-15)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    start = time.perf_counter()
+    losses = []
+    model.train()
+    for step in range(args.steps):
+        clips, direction = make_batch(args.batch, args.speed, args.fixed_start, gen)
+        mask = None
+        if args.first_frame:  # False = a clean conditioning frame (kept as x_0, timestep 0, not in the loss)
+            mask = torch.ones(args.batch, T, dtype=torch.bool)
+            mask[:, 0] = False
+        loss = scheduler.training_losses(model, clips, kwargs(direction), mask=mask)["loss"].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == args.steps - 1:
+            print(f"step {step}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    model.eval()
+    sampler = RFLOW(num_sampling_steps=30, cfg_scale=args.cfg)
+    result = {"steps": args.steps, "fixed_start": args.fixed_start, "first_frame": args.first_frame,
+              "speed": args.speed, "cfg": args.cfg,
+              "final_loss": sum(losses[-20:]) / len(losses[-20:])}
+    for d, name in enumerate(("left", "right")):
+        n = args.samples
+        k = kwargs(torch.full((n,), d))
+        y, mask = k.pop("y"), k.pop("mask")
+        z = torch.randn(n, C, T, H, W, generator=torch.Generator().manual_seed(args.seed + 7))
+        frame_mask = None
+        if args.first_frame:  # the first frame of clips that go either way, from the middle of the view
+            reference, _ = make_batch(n, args.speed, True, torch.Generator().manual_seed(args.seed + 11))
+            z[:, :, 0] = reference[:, :, 0]
+            frame_mask = torch.ones(n, T)
+            frame_mask[:, 0] = 0.0
+        dx = displacement(sampler.sample(model, z, y, mask, additional_args=k, mask=frame_mask, progress=False))
+        result[name] = {"mean_dx": dx.mean().item(), "went_left": int((dx < -0.5).sum()),
+                        "went_right": int((dx > 0.5).sum()), "n": n}
+    result["seconds"] = time.perf_counter() - start
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
