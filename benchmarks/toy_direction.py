@@ -11,11 +11,14 @@ Euler steps, guidance `--cfg`); the blob's x centroid in the first and last late
 without it the start is uniform and the direction is only a relation between frames (each frame on its own looks
 the same for both captions). `--first-frame` gives the model the clean first latent frame in training and sampling
 (image-to-video: frame mask, timestep 0 for that frame), which makes the later frames' positions depend on the
-caption given that frame.
+caption given that frame. `--varied-captions` writes captions in the embedded world's style (colour, shape,
+background and camera words the latents do not show; 16 held-out variants for sampling); `--init` starts from an
+embedded checkpoint instead of a fresh model.
 
     python -m benchmarks.toy_direction --steps 400
     python -m benchmarks.toy_direction --steps 400 --fixed-start
     python -m benchmarks.toy_direction --steps 400 --first-frame
+    python -m benchmarks.toy_direction --steps 400 --first-frame --init checkpoints/adapt/step8.pt
 """
 
 from __future__ import annotations
@@ -47,8 +50,31 @@ def render(x0: float, y0: int, v: float) -> torch.Tensor:
     return out
 
 
-def make_batch(n: int, speed: float, fixed_start: bool, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """n clips [n, C, T, H, W] and their directions [n] (0 left, 1 right); every blob stays in view."""
+def varied_captions(n: int, seed: int) -> list[tuple[str, str]]:
+    """n (left, right) caption pairs in the embedded world's style: colour, shape, background and camera vary."""
+    import random
+    rng = random.Random(seed)
+    colours = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "white", "black", "brown", "cyan", "grey"]
+    shapes = ["circle", "square", "triangle", "star", "diamond"]
+    backs = ["flat", "gradient", "striped", "checkered"]
+    cams = ["The camera is static.", "The camera pans left.", "The camera pans right.", "The camera tilts up.",
+            "The camera zooms in."]
+    out = []
+    for _ in range(n):
+        c, c2, c3 = rng.sample(colours, 3)
+        back = rng.choice(backs)
+        bg = f"a {c2} background" if back == "flat" else f"a {c2} and {c3} {back} background"
+        pace = rng.choice(["slowly", "quickly"])
+        cam = rng.choice(cams)
+        shape = rng.choice(shapes)
+        out.append(tuple(f"A {c} {shape} moves {pace} {d} across {bg}. {cam}" for d in ("left", "right")))
+    return out
+
+
+def make_batch(n: int, speed: float, fixed_start: bool, gen: torch.Generator,
+               pixels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """n clips [n, C, T, H, W] (`pixels`: [n, 3, 17, 8H, 8W]) and their directions [n] (0 left, 1 right); every blob
+    stays in view."""
     direction = torch.randint(0, 2, (n,), generator=gen)
     travel = speed * (T - 1)
     x0 = torch.rand(n, generator=gen) * (W - 2 - travel)
@@ -57,8 +83,33 @@ def make_batch(n: int, speed: float, fixed_start: bool, gen: torch.Generator) ->
         x0 = torch.full((n,), (W - 2) / 2)
     y0 = torch.randint(0, H - 1, (n,), generator=gen)
     v = torch.where(direction == 1, speed, -speed)
-    clips = torch.stack([render(float(x0[i]), int(y0[i]), float(v[i])) for i in range(n)])
+    draw = render_pixels if pixels else render
+    clips = torch.stack([draw(float(x0[i]), int(y0[i]), float(v[i])) for i in range(n)])
     return clips, direction
+
+
+PIXEL_COLOUR = torch.tensor([1.0, 0.3, -0.6])  # orange on black, in [-1, 1]
+
+
+def render_pixels(x0: float, y0: int, v: float, frames: int = 17) -> torch.Tensor:
+    """The clip `render` describes, drawn in pixels [3, frames, 8H, 8W] (48 px, 17 frames) for the VAE: a 16x16 px
+    square whose left edge is at 8 * (x0 + v * f / 4) px in frame f (4 pixel frames per latent frame)."""
+    out = torch.full((3, frames, 8 * H, 8 * W), -1.0)
+    xs = torch.arange(8 * W, dtype=torch.float32) + 0.5
+    rows = ((torch.arange(8 * H) >= 8 * y0) & (torch.arange(8 * H) < 8 * y0 + 16)).float()  # [8H]
+    for f in range(frames):
+        left = 8 * (x0 + v * f / 4)
+        cover = ((xs - left).clamp(0, 1) * (left + 16 - xs).clamp(0, 1))  # [8W], antialiased edges
+        alpha = rows[:, None] * cover[None, :]  # [8H, 8W]
+        out[:, f] = -1.0 + alpha[None] * (PIXEL_COLOUR[:, None, None] + 1.0)
+    return out
+
+
+def pixel_displacement(pixels: torch.Tensor) -> torch.Tensor:
+    """x centroid of the square's colour in the last pixel frame minus the first, in latent px (/8), per clip [n]."""
+    mass = ((pixels + 1.0) * (PIXEL_COLOUR[None, :, None, None, None] + 1.0)).sum(1).clamp(min=0)  # [n, F, 8H, 8W]
+    cx = (mass.sum(2) * torch.arange(mass.shape[-1], dtype=torch.float32)).sum(-1) / mass.sum((2, 3)).clamp(min=1e-6)
+    return (cx[:, -1] - cx[:, 0]) / 8
 
 
 def displacement(latents: torch.Tensor) -> torch.Tensor:
@@ -78,19 +129,56 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--cfg", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default="", help="start from this STDiT3 checkpoint (its EMA weights) instead of a fresh "
+                                            "STDiT3-S/2, e.g. checkpoints/adapt/step8.pt; implies --varied-captions")
+    p.add_argument("--through-vae", default="", help="draw the clips in pixels and train on this VAE's latents "
+                                                  "(e.g. checkpoints/vae/stage3.pt); the direction is read after decoding")
+    p.add_argument("--varied-captions", action="store_true",
+                   help="captions in the embedded world's style, with a random colour, shape, background and camera "
+                        "sentence that the latents do not show (only the direction word matters)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
 
-    captions = MiniLMEncoder(model_max_length=16).encode(CAPTIONS)
+    if args.init:
+        args.varied_captions = True  # the embedded checkpoints read 64 caption tokens
+    length = 64 if args.varied_captions else 16
+    texts = varied_captions(80, args.seed) if args.varied_captions else [CAPTIONS]
+    captions = MiniLMEncoder(model_max_length=length).encode([t for pair in texts for t in pair])
+    n_train = max(len(texts) - 16, 1)  # the last 16 caption pairs are held out for sampling
 
-    def kwargs(direction: torch.Tensor) -> dict:
+    def kwargs(direction: torch.Tensor, held_out: bool = False) -> dict:
         n = len(direction)
-        return dict(y=captions["y"][direction].float(), mask=captions["mask"][direction],
+        if len(texts) == 1:
+            variant = torch.zeros(n, dtype=torch.long)
+        elif held_out:
+            variant = n_train + torch.arange(n) % (len(texts) - n_train)
+        else:
+            variant = torch.randint(0, n_train, (n,), generator=gen)
+        row = 2 * variant + direction
+        return dict(y=captions["y"][row].float(), mask=captions["mask"][row],
                     fps=torch.full((n,), 24.0), height=torch.full((n,), 48.0), width=torch.full((n,), 48.0),
                     num_frames=torch.full((n,), 17.0))
 
-    model = STDiT3_S_2(model_max_length=16, class_dropout_prob=0.1)
+    if args.init:
+        from opensora_lib.sample import load_model
+
+        model, _ = load_model(args.init)
+        model.requires_grad_(True)
+        if model.rope is not None:
+            model.rope.freqs.requires_grad_(False)
+    else:
+        model = STDiT3_S_2(model_max_length=length, class_dropout_prob=0.1)
+    vae = None
+    if args.through_vae:
+        from opensora_lib.models.vae import load_vae
+
+        vae = load_vae(args.through_vae).eval().requires_grad_(False)
+
+    def to_vae_latents(pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return vae.encode(pixels, sample_posterior=False).float()  # [n, 4, 5, 6, 6], the VAE's normalisation
+
     scheduler = RFlowScheduler(sample_method="logit-normal")
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=5e-4, eps=1e-15)
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -98,7 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
     losses = []
     model.train()
     for step in range(args.steps):
-        clips, direction = make_batch(args.batch, args.speed, args.fixed_start, gen)
+        clips, direction = make_batch(args.batch, args.speed, args.fixed_start, gen, pixels=vae is not None)
+        if vae is not None:
+            clips = to_vae_latents(clips)
         mask = None
         if args.first_frame:  # False = a clean conditioning frame (kept as x_0, timestep 0, not in the loss)
             mask = torch.ones(args.batch, T, dtype=torch.bool)
@@ -119,16 +209,24 @@ def main(argv: list[str] | None = None) -> dict:
               "final_loss": sum(losses[-20:]) / len(losses[-20:])}
     for d, name in enumerate(("left", "right")):
         n = args.samples
-        k = kwargs(torch.full((n,), d))
+        k = kwargs(torch.full((n,), d), held_out=True)
         y, mask = k.pop("y"), k.pop("mask")
         z = torch.randn(n, C, T, H, W, generator=torch.Generator().manual_seed(args.seed + 7))
         frame_mask = None
         if args.first_frame:  # the first frame of clips that go either way, from the middle of the view
-            reference, _ = make_batch(n, args.speed, True, torch.Generator().manual_seed(args.seed + 11))
+            reference, _ = make_batch(n, args.speed, True, torch.Generator().manual_seed(args.seed + 11),
+                                      pixels=vae is not None)
+            if vae is not None:
+                reference = to_vae_latents(reference)
             z[:, :, 0] = reference[:, :, 0]
             frame_mask = torch.ones(n, T)
             frame_mask[:, 0] = 0.0
-        dx = displacement(sampler.sample(model, z, y, mask, additional_args=k, mask=frame_mask, progress=False))
+        out = sampler.sample(model, z, y, mask, additional_args=k, mask=frame_mask, progress=False)
+        if vae is None:
+            dx = displacement(out)
+        else:
+            with torch.no_grad():
+                dx = pixel_displacement(vae.decode(out.float(), num_frames=17).clamp(-1, 1))
         result[name] = {"mean_dx": dx.mean().item(), "went_left": int((dx < -0.5).sum()),
                         "went_right": int((dx > 0.5).sum()), "n": n}
     result["seconds"] = time.perf_counter() - start

@@ -605,3 +605,29 @@ def test_toy_direction_diagnostic_reads_back_the_motion_it_renders():
     assert torch.allclose(dx, torch.where(direction == 1, 2.0, -2.0), atol=1e-5)
     mass = (clips * toy.COLOUR[None, :, None, None, None]).sum(1)  # [n, T, H, W]
     assert torch.allclose(mass.sum((2, 3)), torch.full((64, toy.T), 4 * float((toy.COLOUR ** 2).sum())), atol=1e-4)
+
+
+def test_toy_varied_captions_differ_only_in_the_direction_word():
+    """--varied-captions: each (left, right) pair is one caption with only its direction word changed, seeded."""
+    from benchmarks import toy_direction as toy
+
+    pairs = toy.varied_captions(40, seed=0)
+    assert pairs == toy.varied_captions(40, seed=0) and len(set(pairs)) > 30
+    for left, right in pairs:
+        a, b = left.split(), right.split()
+        assert len(a) == len(b) and [i for i, (x, y) in enumerate(zip(a, b)) if x != y] == [a.index("left")]
+        assert b[a.index("left")] == "right"
+
+
+def test_toy_pixel_clips_move_as_their_latent_description():
+    """--through-vae: the pixel square moves 8 px per latent px, so its displacement in latent px equals the latent
+    toy's (speed x (T - 1)), and its colour mass is the same in every frame (it stays in view)."""
+    import torch
+
+    from benchmarks import toy_direction as toy
+
+    clips, direction = toy.make_batch(16, 0.5, False, torch.Generator().manual_seed(0), pixels=True)
+    assert clips.shape == (16, 3, 17, 8 * toy.H, 8 * toy.W)
+    assert torch.allclose(toy.pixel_displacement(clips), torch.where(direction == 1, 2.0, -2.0), atol=1e-4)
+    covered = (clips[:, 0] > -1).float().sum((-1, -2))  # [n, F] pixels of the square
+    assert torch.allclose(covered, covered[:, :1].expand_as(covered)) and (covered > 200).all()

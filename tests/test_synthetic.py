@@ -187,3 +187,16 @@ def test_the_first_named_object_is_drawn_in_front():
     assert tuple(frame[cy, cx]) == tuple(syn.PALETTE[first.color])
     spec.objects = [second, first]  # swapped order: now the other one is in front
     assert tuple(syn.render(spec)[0][cy, cx]) == tuple(syn.PALETTE[second.color])
+
+
+def test_heldout_captions_come_from_samples_the_dataset_never_rendered(tiny_world):
+    """Eval prompts past the val split: video captions of ids >= num_samples, deterministic, none of them a row."""
+    _, _, rows = tiny_world
+    caps = syn.heldout_captions(TINY, 12)
+    assert len(caps) == 12 and caps == syn.heldout_captions(TINY, 12)
+    assert not set(caps) & {r["text"] for r in rows}
+    assert not any(c.startswith("An image of") for c in caps)  # videos only
+    world = syn.WorldParams.from_dict(TINY)
+    first = next(i for i in range(TINY["num_samples"], TINY["num_samples"] + 50)
+                 if syn.sample_spec(world, i).kind == "video")
+    assert caps[0] == syn.make_caption(syn.sample_spec(world, first))

@@ -505,6 +505,22 @@ def spec_from_row(row: dict, params: WorldParams | dict) -> SampleSpec:
     return sample_spec(params, int(row["id"]))
 
 
+def heldout_captions(params: WorldParams | dict, n: int) -> list[str]:
+    """Captions of `n` video samples the dataset never rendered: ids num_samples, num_samples + 1, ... of the same
+    world (stills skipped), so neither training nor validation saw them. More eval prompts than the val split has."""
+    if isinstance(params, dict):
+        params = WorldParams.from_dict(params)
+    if params.still_fraction >= 1 and n > 0:
+        raise ValueError("this world has no videos (still_fraction 1): no held-out video captions")
+    captions, index = [], params.num_samples
+    while len(captions) < n:
+        spec = sample_spec(params, index)
+        if spec.kind == "video":
+            captions.append(make_caption(spec))
+        index += 1
+    return captions
+
+
 def dataset_statistics(rows: list[dict]) -> dict:
     """Counts and distributions for the data report and ``metrics/data.json``."""
     videos = [r for r in rows if r["kind"] == "video"]
