@@ -1,4 +1,4 @@
-"""Can STDiT3-S/2 learn "moves left" vs "moves right" from text when that is all there is to learn?
+r"""Can STDiT3-S/2 learn "moves left" vs "moves right" from text when that is all there is to learn?
 
 A diagnostic for the embedded run's motion direction (README, "What the embedded run reaches"), not part of
 `make bench` (it trains for minutes). Latents have the size of a 48 px, 17-frame clip ([4, 5, 6, 6]): a zero
@@ -13,12 +13,16 @@ the same for both captions). `--first-frame` gives the model the clean first lat
 (image-to-video: frame mask, timestep 0 for that frame), which makes the later frames' positions depend on the
 caption given that frame. `--varied-captions` writes captions in the embedded world's style (colour, shape,
 background and camera words the latents do not show; 16 held-out variants for sampling); `--init` starts from an
-embedded checkpoint instead of a fresh model.
+embedded checkpoint instead of a fresh model; `--through-vae` draws the clips in pixels (a 16 px orange square, 1 px
+per frame) and trains on a VAE's latents, reading the direction after decoding; `--checker` puts a random grey
+checkerboard behind the square.
 
     python -m benchmarks.toy_direction --steps 400
     python -m benchmarks.toy_direction --steps 400 --fixed-start
     python -m benchmarks.toy_direction --steps 400 --first-frame
     python -m benchmarks.toy_direction --steps 400 --first-frame --init checkpoints/adapt/step8.pt
+    python -m benchmarks.toy_direction --steps 400 --first-frame --init checkpoints/adapt/step8.pt \
+        --through-vae checkpoints/vae/stage3.pt --checker
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def varied_captions(n: int, seed: int) -> list[tuple[str, str]]:
 
 
 def make_batch(n: int, speed: float, fixed_start: bool, gen: torch.Generator,
-               pixels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               pixels: bool = False, background: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """n clips [n, C, T, H, W] (`pixels`: [n, 3, 17, 8H, 8W]) and their directions [n] (0 left, 1 right); every blob
     stays in view."""
     direction = torch.randint(0, 2, (n,), generator=gen)
@@ -83,31 +87,57 @@ def make_batch(n: int, speed: float, fixed_start: bool, gen: torch.Generator,
         x0 = torch.full((n,), (W - 2) / 2)
     y0 = torch.randint(0, H - 1, (n,), generator=gen)
     v = torch.where(direction == 1, speed, -speed)
-    draw = render_pixels if pixels else render
-    clips = torch.stack([draw(float(x0[i]), int(y0[i]), float(v[i])) for i in range(n)])
+    if pixels:
+        clips = torch.stack([render_pixels(float(x0[i]), int(y0[i]), float(v[i]),
+                                           background=checker_background(gen) if background else None)
+                             for i in range(n)])
+    else:
+        clips = torch.stack([render(float(x0[i]), int(y0[i]), float(v[i])) for i in range(n)])
     return clips, direction
 
 
 PIXEL_COLOUR = torch.tensor([1.0, 0.3, -0.6])  # orange on black, in [-1, 1]
 
 
-def render_pixels(x0: float, y0: int, v: float, frames: int = 17) -> torch.Tensor:
+def render_pixels(x0: float, y0: int, v: float, frames: int = 17, background: torch.Tensor | None = None) -> torch.Tensor:
     """The clip `render` describes, drawn in pixels [3, frames, 8H, 8W] (48 px, 17 frames) for the VAE: a 16x16 px
-    square whose left edge is at 8 * (x0 + v * f / 4) px in frame f (4 pixel frames per latent frame)."""
+    square whose left edge is at 8 * (x0 + v * f / 4) px in frame f (4 pixel frames per latent frame), on black or
+    on a still `background` [3, 8H, 8W]."""
     out = torch.full((3, frames, 8 * H, 8 * W), -1.0)
+    if background is not None:
+        out[:] = background[:, None]
     xs = torch.arange(8 * W, dtype=torch.float32) + 0.5
     rows = ((torch.arange(8 * H) >= 8 * y0) & (torch.arange(8 * H) < 8 * y0 + 16)).float()  # [8H]
     for f in range(frames):
         left = 8 * (x0 + v * f / 4)
         cover = ((xs - left).clamp(0, 1) * (left + 16 - xs).clamp(0, 1))  # [8W], antialiased edges
         alpha = rows[:, None] * cover[None, :]  # [8H, 8W]
-        out[:, f] = -1.0 + alpha[None] * (PIXEL_COLOUR[:, None, None] + 1.0)
+        out[:, f] = out[:, f] * (1 - alpha[None]) + alpha[None] * PIXEL_COLOUR[:, None, None]
     return out
 
 
-def pixel_displacement(pixels: torch.Tensor) -> torch.Tensor:
-    """x centroid of the square's colour in the last pixel frame minus the first, in latent px (/8), per clip [n]."""
-    mass = ((pixels + 1.0) * (PIXEL_COLOUR[None, :, None, None, None] + 1.0)).sum(1).clamp(min=0)  # [n, F, 8H, 8W]
+def checker_background(gen: torch.Generator) -> torch.Tensor:
+    """A grey checkerboard [3, 8H, 8W]: period 8-16 px, random phase, two levels in [-1, 0.2] at least 0.3 apart (far
+    from the orange square, so its colour still finds it after decoding)."""
+    period = int(torch.randint(8, 17, (1,), generator=gen))
+    phase = torch.randint(0, period, (2,), generator=gen)
+    u = torch.rand(2, generator=gen).tolist()
+    a = -1.0 + 0.9 * u[0]  # [-1, -0.1]
+    b = min(a + 0.3 + 0.3 * u[1], 0.2)  # 0.3 or more above a (a + 0.3 <= 0.2)
+    ys = (torch.arange(8 * H) + phase[0]) // max(period // 2, 1)
+    xs = (torch.arange(8 * W) + phase[1]) // max(period // 2, 1)
+    cells = ((ys[:, None] + xs[None, :]) % 2).float()  # [8H, 8W]
+    return (a + (b - a) * cells)[None].expand(3, -1, -1).clone()
+
+
+def pixel_displacement(pixels: torch.Tensor, on_background: bool = False) -> torch.Tensor:
+    """x centroid of the square's colour in the last pixel frame minus the first, in latent px (/8), per clip [n].
+    `on_background`: weigh pixels by closeness to the square's colour (grey backgrounds are far from it)."""
+    if on_background:
+        dist = (pixels - PIXEL_COLOUR[None, :, None, None, None]).norm(dim=1)  # [n, F, 8H, 8W]
+        mass = (1 - dist / 0.8).clamp(min=0)
+    else:
+        mass = ((pixels + 1.0) * (PIXEL_COLOUR[None, :, None, None, None] + 1.0)).sum(1).clamp(min=0)  # [n, F, 8H, 8W]
     cx = (mass.sum(2) * torch.arange(mass.shape[-1], dtype=torch.float32)).sum(-1) / mass.sum((2, 3)).clamp(min=1e-6)
     return (cx[:, -1] - cx[:, 0]) / 8
 
@@ -133,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
                                             "STDiT3-S/2, e.g. checkpoints/adapt/step8.pt; implies --varied-captions")
     p.add_argument("--through-vae", default="", help="draw the clips in pixels and train on this VAE's latents "
                                                   "(e.g. checkpoints/vae/stage3.pt); the direction is read after decoding")
+    p.add_argument("--checker", action="store_true", help="with --through-vae: a random grey checkerboard behind "
+                                                           "the square")
     p.add_argument("--varied-captions", action="store_true",
                    help="captions in the embedded world's style, with a random colour, shape, background and camera "
                         "sentence that the latents do not show (only the direction word matters)")
@@ -186,7 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
     losses = []
     model.train()
     for step in range(args.steps):
-        clips, direction = make_batch(args.batch, args.speed, args.fixed_start, gen, pixels=vae is not None)
+        clips, direction = make_batch(args.batch, args.speed, args.fixed_start, gen, pixels=vae is not None,
+                                      background=args.checker)
         if vae is not None:
             clips = to_vae_latents(clips)
         mask = None
@@ -215,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
         frame_mask = None
         if args.first_frame:  # the first frame of clips that go either way, from the middle of the view
             reference, _ = make_batch(n, args.speed, True, torch.Generator().manual_seed(args.seed + 11),
-                                      pixels=vae is not None)
+                                      pixels=vae is not None, background=args.checker)
             if vae is not None:
                 reference = to_vae_latents(reference)
             z[:, :, 0] = reference[:, :, 0]
@@ -226,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
             dx = displacement(out)
         else:
             with torch.no_grad():
-                dx = pixel_displacement(vae.decode(out.float(), num_frames=17).clamp(-1, 1))
+                dx = pixel_displacement(vae.decode(out.float(), num_frames=17).clamp(-1, 1), on_background=args.checker)
         result[name] = {"mean_dx": dx.mean().item(), "went_left": int((dx < -0.5).sum()),
                         "went_right": int((dx > 0.5).sum()), "n": n}
     result["seconds"] = time.perf_counter() - start
