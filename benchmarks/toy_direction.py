@@ -38,6 +38,7 @@ from opensora_lib.models.text_encoder import MiniLMEncoder
 from opensora_lib.schedulers.rectified_flow import RFLOW, RFlowScheduler
 
 T, H, W, C = 5, 6, 6, 4  # latent frames, height, width, channels of a 48 px 17-frame clip
+FRAMES = 4 * (T - 1) + 1  # pixel frames of T latent frames (17: the VAE is causal, 4x in time)
 COLOUR = torch.tensor([1.5, -1.0, 0.8, -0.6])
 CAPTIONS = ["A square moves slowly left.", "A square moves slowly right."]
 
@@ -77,7 +78,7 @@ def varied_captions(n: int, seed: int) -> list[tuple[str, str]]:
 
 def make_batch(n: int, speed: float, fixed_start: bool, gen: torch.Generator,
                pixels: bool = False, background: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """n clips [n, C, T, H, W] (`pixels`: [n, 3, 17, 8H, 8W]) and their directions [n] (0 left, 1 right); every blob
+    """n clips [n, C, T, H, W] (`pixels`: [n, 3, FRAMES, 8H, 8W]) and their directions [n] (0 left, 1 right); every blob
     stays in view."""
     direction = torch.randint(0, 2, (n,), generator=gen)
     travel = speed * (T - 1)
@@ -99,16 +100,16 @@ def make_batch(n: int, speed: float, fixed_start: bool, gen: torch.Generator,
 PIXEL_COLOUR = torch.tensor([1.0, 0.3, -0.6])  # orange on black, in [-1, 1]
 
 
-def render_pixels(x0: float, y0: int, v: float, frames: int = 17, background: torch.Tensor | None = None) -> torch.Tensor:
-    """The clip `render` describes, drawn in pixels [3, frames, 8H, 8W] (48 px, 17 frames) for the VAE: a 16x16 px
+def render_pixels(x0: float, y0: int, v: float, background: torch.Tensor | None = None) -> torch.Tensor:
+    """The clip `render` describes, drawn in pixels [3, FRAMES, 8H, 8W] (48 px, 17 frames) for the VAE: a 16x16 px
     square whose left edge is at 8 * (x0 + v * f / 4) px in frame f (4 pixel frames per latent frame), on black or
     on a still `background` [3, 8H, 8W]."""
-    out = torch.full((3, frames, 8 * H, 8 * W), -1.0)
+    out = torch.full((3, FRAMES, 8 * H, 8 * W), -1.0)
     if background is not None:
         out[:] = background[:, None]
     xs = torch.arange(8 * W, dtype=torch.float32) + 0.5
     rows = ((torch.arange(8 * H) >= 8 * y0) & (torch.arange(8 * H) < 8 * y0 + 16)).float()  # [8H]
-    for f in range(frames):
+    for f in range(FRAMES):
         left = 8 * (x0 + v * f / 4)
         cover = ((xs - left).clamp(0, 1) * (left + 16 - xs).clamp(0, 1))  # [8W], antialiased edges
         alpha = rows[:, None] * cover[None, :]  # [8H, 8W]
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     texts = varied_captions(80, args.seed) if args.varied_captions else [CAPTIONS]
     captions = MiniLMEncoder(model_max_length=length).encode([t for pair in texts for t in pair])
     n_train = max(len(texts) - 16, 1)  # the last 16 caption pairs are held out for sampling
+    gen = torch.Generator().manual_seed(args.seed + 1)  # training draws: clips, then caption variants
 
     def kwargs(direction: torch.Tensor, held_out: bool = False) -> dict:
         n = len(direction)
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = 2 * variant + direction
         return dict(y=captions["y"][row].float(), mask=captions["mask"][row],
                     fps=torch.full((n,), 24.0), height=torch.full((n,), 48.0), width=torch.full((n,), 48.0),
-                    num_frames=torch.full((n,), 17.0))
+                    num_frames=torch.full((n,), float(FRAMES)))
 
     if args.init:
         from opensora_lib.sample import load_model
@@ -213,7 +215,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     scheduler = RFlowScheduler(sample_method="logit-normal")
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=5e-4, eps=1e-15)
-    gen = torch.Generator().manual_seed(args.seed + 1)
     start = time.perf_counter()
     losses = []
     model.train()
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
             dx = displacement(out)
         else:
             with torch.no_grad():
-                dx = pixel_displacement(vae.decode(out.float(), num_frames=17).clamp(-1, 1), on_background=args.checker)
+                dx = pixel_displacement(vae.decode(out.float(), num_frames=FRAMES).clamp(-1, 1), on_background=args.checker)
         result[name] = {"mean_dx": dx.mean().item(), "went_left": int((dx < -0.5).sum()),
                         "went_right": int((dx > 0.5).sum()), "n": n}
     result["seconds"] = time.perf_counter() - start

@@ -627,7 +627,7 @@ def test_toy_pixel_clips_move_as_their_latent_description():
     from benchmarks import toy_direction as toy
 
     clips, direction = toy.make_batch(16, 0.5, False, torch.Generator().manual_seed(0), pixels=True)
-    assert clips.shape == (16, 3, 17, 8 * toy.H, 8 * toy.W)
+    assert clips.shape == (16, 3, toy.FRAMES, 8 * toy.H, 8 * toy.W) and toy.FRAMES == 17
     assert torch.allclose(toy.pixel_displacement(clips), torch.where(direction == 1, 2.0, -2.0), atol=1e-4)
     covered = (clips[:, 0] > -1).float().sum((-1, -2))  # [n, F] pixels of the square
     assert torch.allclose(covered, covered[:, :1].expand_as(covered)) and (covered > 200).all()
