@@ -7,15 +7,18 @@ or to the right (bilinear, so half-pixel steps show). The caption (MiniLM states
 trained with the rectified-flow loss (logit-normal t, no shift), then samples `--samples` clips per caption (30
 Euler steps, guidance `--cfg`); the blob's x centroid in the first and last latent frame gives the direction.
 
-`--fixed-start` starts every blob in the middle, so the direction also changes *where* the blob is in each frame;
-without it the start is uniform and the direction is only a relation between frames (each frame on its own looks
-the same for both captions). `--first-frame` gives the model the clean first latent frame in training and sampling
+`--fixed-start` starts every blob in the middle, so the direction fixes *where* the blob is in each frame; without
+it the start is drawn uniformly among the positions that keep the whole path in view (as the world places its
+objects), so a blob going right starts in the left half and ends in the right half, but its position in any one
+frame is spread over 2 latent px and the middle frame's spread is the same for both captions. `--first-frame` gives the model the clean first latent frame in training and sampling
 (image-to-video: frame mask, timestep 0 for that frame), which makes the later frames' positions depend on the
 caption given that frame. `--varied-captions` writes captions in the embedded world's style (colour, shape,
 background and camera words the latents do not show; 16 held-out variants for sampling); `--init` starts from an
 embedded checkpoint instead of a fresh model; `--through-vae` draws the clips in pixels (a 16 px orange square, 1 px
 per frame) and trains on a VAE's latents, reading the direction after decoding; `--checker` puts a random grey
-checkerboard behind the square.
+checkerboard behind the square; `--world-colours` (with `--through-vae`) draws the square in the colour its caption
+names (eight palette colours a grey checkerboard cannot hide) and also reads the direction colour-blind (saturation)
+and whether the colour is right.
 
     python -m benchmarks.toy_direction --steps 400
     python -m benchmarks.toy_direction --steps 400 --fixed-start
@@ -23,6 +26,8 @@ checkerboard behind the square.
     python -m benchmarks.toy_direction --steps 400 --first-frame --init checkpoints/adapt/step8.pt
     python -m benchmarks.toy_direction --steps 400 --first-frame --init checkpoints/adapt/step8.pt \
         --through-vae checkpoints/vae/stage3.pt --checker
+    python -m benchmarks.toy_direction --steps 400 --fixed-start --init checkpoints/adapt/step8.pt \
+        --through-vae checkpoints/vae/stage3.pt --checker --world-colours
 """
 
 from __future__ import annotations
@@ -55,31 +60,42 @@ def render(x0: float, y0: int, v: float) -> torch.Tensor:
     return out
 
 
-def varied_captions(n: int, seed: int) -> list[tuple[str, str]]:
-    """n (left, right) caption pairs in the embedded world's style: colour, shape, background and camera vary."""
+def varied_captions(n: int, seed: int, object_colours: list[str] | None = None) -> list[tuple[str, str]]:
+    """n (left, right) caption pairs in the embedded world's style and vocabulary (`synthetic.PALETTE`, `SHAPES`,
+    `BACKGROUNDS`, `CAMERA_MOTIONS`): colour, shape, pace, background and camera vary, the direction word is the
+    only difference within a pair. `object_colours` limits the object's colour word to these names."""
     import random
+
+    from opensora_lib.data import synthetic
     rng = random.Random(seed)
-    colours = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "white", "black", "brown", "cyan", "grey"]
-    shapes = ["circle", "square", "triangle", "star", "diamond"]
-    backs = ["flat", "gradient", "striped", "checkered"]
-    cams = ["The camera is static.", "The camera pans left.", "The camera pans right.", "The camera tilts up.",
-            "The camera zooms in."]
+    colours = list(synthetic.PALETTE)
     out = []
     for _ in range(n):
-        c, c2, c3 = rng.sample(colours, 3)
-        back = rng.choice(backs)
-        bg = f"a {c2} background" if back == "flat" else f"a {c2} and {c3} {back} background"
+        if object_colours:
+            c = rng.choice(object_colours)
+            c2, c3 = rng.sample([x for x in colours if x != c], 2)
+        else:
+            c, c2, c3 = rng.sample(colours, 3)
+        back = rng.choice(synthetic.BACKGROUNDS)
+        if back == "flat":
+            bg = f"{synthetic._article(c2)} {c2} background"
+        elif back == "gradient":
+            bg = f"{synthetic._article(c2)} {c2} to {c3} gradient background"
+        else:
+            bg = f"{synthetic._article(c2)} {c2} and {c3} {back} background"
+        cam = synthetic._camera_sentence(rng.choice(synthetic.CAMERA_MOTIONS))
         pace = rng.choice(["slowly", "quickly"])
-        cam = rng.choice(cams)
-        shape = rng.choice(shapes)
-        out.append(tuple(f"A {c} {shape} moves {pace} {d} across {bg}. {cam}" for d in ("left", "right")))
+        shape = rng.choice(synthetic.SHAPES)
+        article = synthetic._article(c).capitalize()
+        out.append(tuple(f"{article} {c} {shape} moves {pace} {d} across {bg}. {cam}" for d in ("left", "right")))
     return out
 
 
 def make_batch(n: int, speed: float, fixed_start: bool, gen: torch.Generator,
-               pixels: bool = False, background: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               pixels: bool = False, background: bool = False,
+               colours: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """n clips [n, C, T, H, W] (`pixels`: [n, 3, FRAMES, 8H, 8W]) and their directions [n] (0 left, 1 right); every blob
-    stays in view."""
+    stays in view. `colours` [n, 3] in [-1, 1]: each pixel square's colour (default `PIXEL_COLOUR`)."""
     direction = torch.randint(0, 2, (n,), generator=gen)
     travel = speed * (T - 1)
     x0 = torch.rand(n, generator=gen) * (W - 2 - travel)
@@ -90,7 +106,8 @@ def make_batch(n: int, speed: float, fixed_start: bool, gen: torch.Generator,
     v = torch.where(direction == 1, speed, -speed)
     if pixels:
         clips = torch.stack([render_pixels(float(x0[i]), int(y0[i]), float(v[i]),
-                                           background=checker_background(gen) if background else None)
+                                           background=checker_background(gen) if background else None,
+                                           colour=None if colours is None else colours[i])
                              for i in range(n)])
     else:
         clips = torch.stack([render(float(x0[i]), int(y0[i]), float(v[i])) for i in range(n)])
@@ -98,12 +115,23 @@ def make_batch(n: int, speed: float, fixed_start: bool, gen: torch.Generator,
 
 
 PIXEL_COLOUR = torch.tensor([1.0, 0.3, -0.6])  # orange on black, in [-1, 1]
+# --world-colours: the world's palette minus what a grey checkerboard (levels in [-1, 0.2]) would hide
+WORLD_TOY_COLOURS = ["red", "green", "blue", "yellow", "orange", "purple", "pink", "cyan"]
 
 
-def render_pixels(x0: float, y0: int, v: float, background: torch.Tensor | None = None) -> torch.Tensor:
+def caption_colours(pairs: list[tuple[str, str]]) -> torch.Tensor:
+    """The object colour each (left, right) caption pair names, as RGB in [-1, 1] [pairs, 3]."""
+    from opensora_lib.data import synthetic
+    names = [synthetic.parse_caption(left)["objects"][0]["color"] for left, _ in pairs]
+    return torch.tensor([synthetic.PALETTE[c] for c in names], dtype=torch.float32) / 127.5 - 1.0
+
+
+def render_pixels(x0: float, y0: int, v: float, background: torch.Tensor | None = None,
+                  colour: torch.Tensor | None = None) -> torch.Tensor:
     """The clip `render` describes, drawn in pixels [3, FRAMES, 8H, 8W] (48 px, 17 frames) for the VAE: a 16x16 px
     square whose left edge is at 8 * (x0 + v * f / 4) px in frame f (4 pixel frames per latent frame), on black or
-    on a still `background` [3, 8H, 8W]."""
+    on a still `background` [3, 8H, 8W]; `colour` [3] in [-1, 1] (default `PIXEL_COLOUR`)."""
+    colour = PIXEL_COLOUR if colour is None else colour
     out = torch.full((3, FRAMES, 8 * H, 8 * W), -1.0)
     if background is not None:
         out[:] = background[:, None]
@@ -113,7 +141,7 @@ def render_pixels(x0: float, y0: int, v: float, background: torch.Tensor | None 
         left = 8 * (x0 + v * f / 4)
         cover = ((xs - left).clamp(0, 1) * (left + 16 - xs).clamp(0, 1))  # [8W], antialiased edges
         alpha = rows[:, None] * cover[None, :]  # [8H, 8W]
-        out[:, f] = out[:, f] * (1 - alpha[None]) + alpha[None] * PIXEL_COLOUR[:, None, None]
+        out[:, f] = out[:, f] * (1 - alpha[None]) + alpha[None] * colour[:, None, None]
     return out
 
 
@@ -131,16 +159,32 @@ def checker_background(gen: torch.Generator) -> torch.Tensor:
     return (a + (b - a) * cells)[None].expand(3, -1, -1).clone()
 
 
-def pixel_displacement(pixels: torch.Tensor, on_background: bool = False) -> torch.Tensor:
+def pixel_displacement(pixels: torch.Tensor, on_background: bool = False,
+                       colours: torch.Tensor | None = None) -> torch.Tensor:
     """x centroid of the square's colour in the last pixel frame minus the first, in latent px (/8), per clip [n].
-    `on_background`: weigh pixels by closeness to the square's colour (grey backgrounds are far from it)."""
-    if on_background:
+    `on_background`: weigh pixels by closeness to the square's colour (grey backgrounds are far from it);
+    `colours` [n, 3]: each clip's square colour, weighed by closeness (within 0.5 in [-1, 1] units)."""
+    if colours is not None:
+        dist = (pixels - colours[:, :, None, None, None]).norm(dim=1)  # [n, F, 8H, 8W]
+        mass = (1 - dist / 0.5).clamp(min=0)
+    elif on_background:
         dist = (pixels - PIXEL_COLOUR[None, :, None, None, None]).norm(dim=1)  # [n, F, 8H, 8W]
         mass = (1 - dist / 0.8).clamp(min=0)
     else:
         mass = ((pixels + 1.0) * (PIXEL_COLOUR[None, :, None, None, None] + 1.0)).sum(1).clamp(min=0)  # [n, F, 8H, 8W]
     cx = (mass.sum(2) * torch.arange(mass.shape[-1], dtype=torch.float32)).sum(-1) / mass.sum((2, 3)).clamp(min=1e-6)
     return (cx[:, -1] - cx[:, 0]) / 8
+
+
+def saturated_displacement(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour-blind read-back for --world-colours: the square is the only saturated thing on a grey checkerboard, so
+    mass = saturation (max - min channel, above 0.3). Returns the x displacement (latent px, last pixel frame minus
+    first) [n] and the mean colour of the saturated pixels [n, 3]."""
+    sat = pixels.amax(1) - pixels.amin(1)  # [n, F, 8H, 8W]
+    mass = (sat - 0.3).clamp(min=0)
+    cx = (mass.sum(2) * torch.arange(mass.shape[-1], dtype=torch.float32)).sum(-1) / mass.sum((2, 3)).clamp(min=1e-6)
+    colour = (pixels * mass[:, None]).sum((2, 3, 4)) / mass[:, None].sum((2, 3, 4)).clamp(min=1e-6)  # [n, 3]
+    return (cx[:, -1] - cx[:, 0]) / 8, colour
 
 
 def displacement(latents: torch.Tensor) -> torch.Tensor:
@@ -169,26 +213,40 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--varied-captions", action="store_true",
                    help="captions in the embedded world's style, with a random colour, shape, background and camera "
                         "sentence that the latents do not show (only the direction word matters)")
+    p.add_argument("--world-colours", action="store_true",
+                   help="with --through-vae: the square takes the colour its caption names (the world's palette, "
+                        "minus the greys and brown that a grey checkerboard would hide), so the caption's colour word "
+                        "matters too, as in the world")
     args = p.parse_args(argv)
+    if args.world_colours and not args.through_vae:
+        p.error("--world-colours draws pixels: it needs --through-vae")
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
 
     if args.init:
         args.varied_captions = True  # the embedded checkpoints read 64 caption tokens
     length = 64 if args.varied_captions else 16
-    texts = varied_captions(80, args.seed) if args.varied_captions else [CAPTIONS]
+    if args.world_colours:
+        args.varied_captions = True
+    texts = (varied_captions(80, args.seed, WORLD_TOY_COLOURS if args.world_colours else None)
+             if args.varied_captions else [CAPTIONS])
+    # the square's colour per caption pair [pairs, 3] (None: PIXEL_COLOUR for every clip)
+    pair_rgb = caption_colours(texts) if args.world_colours else None
     captions = MiniLMEncoder(model_max_length=length).encode([t for pair in texts for t in pair])
     n_train = max(len(texts) - 16, 1)  # the last 16 caption pairs are held out for sampling
     gen = torch.Generator().manual_seed(args.seed + 1)  # training draws: clips, then caption variants
 
-    def kwargs(direction: torch.Tensor, held_out: bool = False) -> dict:
-        n = len(direction)
+    def pick_variants(n: int, held_out: bool = False) -> torch.Tensor:
         if len(texts) == 1:
-            variant = torch.zeros(n, dtype=torch.long)
-        elif held_out:
-            variant = n_train + torch.arange(n) % (len(texts) - n_train)
-        else:
-            variant = torch.randint(0, n_train, (n,), generator=gen)
+            return torch.zeros(n, dtype=torch.long)
+        if held_out:
+            return n_train + torch.arange(n) % (len(texts) - n_train)
+        return torch.randint(0, n_train, (n,), generator=gen)
+
+    def kwargs(direction: torch.Tensor, held_out: bool = False, variant: torch.Tensor | None = None) -> dict:
+        n = len(direction)
+        if variant is None:
+            variant = pick_variants(n, held_out)
         row = 2 * variant + direction
         return dict(y=captions["y"][row].float(), mask=captions["mask"][row],
                     fps=torch.full((n,), 24.0), height=torch.full((n,), 48.0), width=torch.full((n,), 48.0),
@@ -219,15 +277,17 @@ def main(argv: list[str] | None = None) -> dict:
     losses = []
     model.train()
     for step in range(args.steps):
+        variant = pick_variants(args.batch) if pair_rgb is not None else None  # the caption first: it names the colour
         clips, direction = make_batch(args.batch, args.speed, args.fixed_start, gen, pixels=vae is not None,
-                                      background=args.checker)
+                                      background=args.checker,
+                                      colours=None if variant is None else pair_rgb[variant])
         if vae is not None:
             clips = to_vae_latents(clips)
         mask = None
         if args.first_frame:  # False = a clean conditioning frame (kept as x_0, timestep 0, not in the loss)
             mask = torch.ones(args.batch, T, dtype=torch.bool)
             mask[:, 0] = False
-        loss = scheduler.training_losses(model, clips, kwargs(direction), mask=mask)["loss"].mean()
+        loss = scheduler.training_losses(model, clips, kwargs(direction, variant=variant), mask=mask)["loss"].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -243,13 +303,15 @@ def main(argv: list[str] | None = None) -> dict:
               "final_loss": sum(losses[-20:]) / len(losses[-20:])}
     for d, name in enumerate(("left", "right")):
         n = args.samples
-        k = kwargs(torch.full((n,), d), held_out=True)
+        variant = pick_variants(n, held_out=True)
+        colours = None if pair_rgb is None else pair_rgb[variant]
+        k = kwargs(torch.full((n,), d), variant=variant)
         y, mask = k.pop("y"), k.pop("mask")
         z = torch.randn(n, C, T, H, W, generator=torch.Generator().manual_seed(args.seed + 7))
         frame_mask = None
         if args.first_frame:  # the first frame of clips that go either way, from the middle of the view
             reference, _ = make_batch(n, args.speed, True, torch.Generator().manual_seed(args.seed + 11),
-                                      pixels=vae is not None, background=args.checker)
+                                      pixels=vae is not None, background=args.checker, colours=colours)
             if vae is not None:
                 reference = to_vae_latents(reference)
             z[:, :, 0] = reference[:, :, 0]
@@ -260,9 +322,17 @@ def main(argv: list[str] | None = None) -> dict:
             dx = displacement(out)
         else:
             with torch.no_grad():
-                dx = pixel_displacement(vae.decode(out.float(), num_frames=FRAMES).clamp(-1, 1), on_background=args.checker)
+                pixels = vae.decode(out.float(), num_frames=FRAMES).clamp(-1, 1)
+            dx = pixel_displacement(pixels, on_background=args.checker, colours=colours)
         result[name] = {"mean_dx": dx.mean().item(), "went_left": int((dx < -0.5).sum()),
                         "went_right": int((dx > 0.5).sum()), "n": n}
+        if colours is not None:  # also read colour-blind, and whether the square has its caption's colour
+            sdx, seen = saturated_displacement(pixels)
+            nearest = torch.cdist(seen, caption_colours(texts)).argmin(1)  # index of the nearest caption colour
+            right_colour = (caption_colours(texts)[nearest] - colours).norm(dim=1) < 1e-6
+            result[name].update(saturated={"mean_dx": sdx.mean().item(), "went_left": int((sdx < -0.5).sum()),
+                                           "went_right": int((sdx > 0.5).sum())},
+                                colour_right=int(right_colour.sum()))
     result["seconds"] = time.perf_counter() - start
     print(json.dumps(result, indent=1))
     return result

@@ -619,6 +619,20 @@ def test_toy_varied_captions_differ_only_in_the_direction_word():
         assert b[a.index("left")] == "right"
 
 
+def test_toy_varied_captions_speak_the_world_vocabulary():
+    """--varied-captions draws its words from the synthetic world's lists, so the world's own caption parser reads
+    every toy caption back (colour, shape, direction, camera motion) -- the toy cannot drift from the world."""
+    from benchmarks import toy_direction as toy
+    from opensora_lib.data import synthetic as syn
+
+    for left, right in toy.varied_captions(40, seed=1):
+        for text, direction in ((left, "left"), (right, "right")):
+            parsed = syn.parse_caption(text)
+            (obj,) = parsed["objects"]
+            assert obj["color"] in syn.PALETTE and obj["shape"] in syn.SHAPES and obj["motion"] == direction
+            assert parsed["camera_motion"] in syn.CAMERA_MOTIONS
+
+
 def test_toy_pixel_clips_move_as_their_latent_description():
     """--through-vae: the pixel square moves 8 px per latent px, so its displacement in latent px equals the latent
     toy's (speed x (T - 1)), and its colour mass is the same in every frame (it stays in view)."""
@@ -648,3 +662,47 @@ def test_toy_checker_background_keeps_the_square_findable_by_colour():
     # blended edge pixels over the checker shift the centroid by a few thousandths of a latent px
     assert torch.allclose(toy.pixel_displacement(clips, on_background=True), torch.where(direction == 1, 2.0, -2.0),
                           atol=0.01)
+
+
+def test_toy_world_colours_draw_the_square_in_the_colour_its_caption_names():
+    """--world-colours: each caption pair names one of the toy's palette colours, the square is drawn in it, every
+    such colour stays more than 0.5 from the grey checker levels (so the colour read-back cannot pick up the
+    background), and the displacement read by each clip's colour is speed x (T - 1) latent px."""
+    import torch
+
+    from benchmarks import toy_direction as toy
+    from opensora_lib.data import synthetic as syn
+
+    pairs = toy.varied_captions(40, seed=2, object_colours=toy.WORLD_TOY_COLOURS)
+    rgb = toy.caption_colours(pairs)
+    names = [syn.parse_caption(left)["objects"][0]["color"] for left, _ in pairs]
+    assert set(names) <= set(toy.WORLD_TOY_COLOURS) and len(set(names)) >= 5
+    assert torch.allclose(rgb[0], torch.tensor(syn.PALETTE[names[0]], dtype=torch.float32) / 127.5 - 1)
+    greys = torch.linspace(-1, 0.2, 61)[:, None].expand(-1, 3)  # [61, 3]
+    palette = toy.caption_colours([(f"A {c} circle moves slowly left across a red background. The camera is static.",
+                                    "") for c in toy.WORLD_TOY_COLOURS])
+    assert torch.cdist(palette, greys).min() > 0.5
+    colours = rgb[:8]
+    clips, direction = toy.make_batch(8, 0.5, False, torch.Generator().manual_seed(1), pixels=True, background=True,
+                                      colours=colours)
+    inside = clips[:, :, 0].flatten(2)  # [n, 3, pixels]
+    assert all((inside[i] - colours[i][:, None]).norm(dim=0).min() < 1e-5 for i in range(8))  # drawn in its colour
+    assert torch.allclose(toy.pixel_displacement(clips, colours=colours), torch.where(direction == 1, 2.0, -2.0),
+                          atol=0.01)
+
+
+def test_toy_saturation_read_back_finds_any_colour_on_the_grey_checker():
+    """--world-colours also reads the direction colour-blind (saturation: the checker is grey, the square is not),
+    so a square drawn in the wrong colour still counts as moving; its mean colour names the colour it was drawn in."""
+    import torch
+
+    from benchmarks import toy_direction as toy
+
+    palette = toy.caption_colours([(f"A {c} circle moves slowly left across a red background. The camera is static.",
+                                    "") for c in toy.WORLD_TOY_COLOURS])
+    colours = palette[torch.arange(8) % len(palette)]
+    clips, direction = toy.make_batch(8, 0.5, False, torch.Generator().manual_seed(4), pixels=True, background=True,
+                                      colours=colours)
+    dx, seen = toy.saturated_displacement(clips)
+    assert torch.allclose(dx, torch.where(direction == 1, 2.0, -2.0), atol=0.05)
+    assert (torch.cdist(seen, palette).argmin(1) == torch.arange(8) % len(palette)).all()
