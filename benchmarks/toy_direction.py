@@ -10,15 +10,16 @@ Euler steps, guidance `--cfg`); the blob's x centroid in the first and last late
 `--fixed-start` starts every blob in the middle, so the direction fixes *where* the blob is in each frame; without
 it the start is drawn uniformly among the positions that keep the whole path in view (as the world places its
 objects), so a blob going right starts in the left half and ends in the right half, but its position in any one
-frame is spread over 2 latent px and the middle frame's spread is the same for both captions. `--first-frame` gives the model the clean first latent frame in training and sampling
-(image-to-video: frame mask, timestep 0 for that frame), which makes the later frames' positions depend on the
-caption given that frame. `--varied-captions` writes captions in the embedded world's style (colour, shape,
-background and camera words the latents do not show; 16 held-out variants for sampling); `--init` starts from an
-embedded checkpoint instead of a fresh model; `--through-vae` draws the clips in pixels (a 16 px orange square, 1 px
-per frame) and trains on a VAE's latents, reading the direction after decoding; `--checker` puts a random grey
-checkerboard behind the square; `--world-colours` (with `--through-vae`) draws the square in the colour its caption
-names (eight palette colours a grey checkerboard cannot hide) and also reads the direction colour-blind (saturation)
-and whether the colour is right.
+frame is spread over 2 latent px and the middle frame's spread is the same for both captions. `--first-frame` gives
+the model the clean first latent frame in training and sampling (image-to-video: frame mask, timestep 0 for that
+frame), which makes the later frames' positions depend on the caption given that frame. `--varied-captions` writes
+captions in the embedded world's style (colour, shape, background and camera words the latents do not show; 16
+held-out variants for sampling); `--init` starts from an embedded checkpoint instead of a fresh model;
+`--through-vae` draws the clips in pixels (a 16 px orange square, 1 px per frame) and trains on a VAE's latents,
+reading the direction after decoding; `--checker` puts a random grey checkerboard behind the square;
+`--world-colours` (with `--through-vae`) draws the square in the colour its caption names (eight palette colours a
+grey checkerboard cannot hide) and also reads the direction colour-blind (saturation) and whether the colour is
+right.
 
     python -m benchmarks.toy_direction --steps 400
     python -m benchmarks.toy_direction --steps 400 --fixed-start
