@@ -62,9 +62,9 @@ def render(x0: float, y0: int, v: float) -> torch.Tensor:
 
 
 def varied_captions(n: int, seed: int, object_colours: list[str] | None = None) -> list[tuple[str, str]]:
-    """n (left, right) caption pairs in the embedded world's style and vocabulary (`synthetic.PALETTE`, `SHAPES`,
-    `BACKGROUNDS`, `CAMERA_MOTIONS`): colour, shape, pace, background and camera vary, the direction word is the
-    only difference within a pair. `object_colours` limits the object's colour word to these names."""
+    """n (left, right) caption pairs written by the world's own `synthetic.make_caption` from its lists (`PALETTE`,
+    `SHAPES`, `BACKGROUNDS`, `CAMERA_MOTIONS`): colour, shape, pace, background and camera vary, the direction word is
+    the only difference within a pair. `object_colours` limits the object's colour word to these names."""
     import random
 
     from opensora_lib.data import synthetic
@@ -78,17 +78,18 @@ def varied_captions(n: int, seed: int, object_colours: list[str] | None = None) 
         else:
             c, c2, c3 = rng.sample(colours, 3)
         back = rng.choice(synthetic.BACKGROUNDS)
-        if back == "flat":
-            bg = f"{synthetic._article(c2)} {c2} background"
-        elif back == "gradient":
-            bg = f"{synthetic._article(c2)} {c2} to {c3} gradient background"
-        else:
-            bg = f"{synthetic._article(c2)} {c2} and {c3} {back} background"
-        cam = synthetic._camera_sentence(rng.choice(synthetic.CAMERA_MOTIONS))
-        pace = rng.choice(["slowly", "quickly"])
+        camera = rng.choice(synthetic.CAMERA_MOTIONS)
+        speed = synthetic.FAST_SPEED * (1.0 if rng.choice(["slowly", "quickly"]) == "quickly" else 0.5)
         shape = rng.choice(synthetic.SHAPES)
-        article = synthetic._article(c).capitalize()
-        out.append(tuple(f"{article} {c} {shape} moves {pace} {d} across {bg}. {cam}" for d in ("left", "right")))
+        spec = synthetic.SampleSpec(  # only what the caption reads; the rest is never rendered
+            id=0, split="train", kind="video", res_name="", ratio_key="", height=48, width=48, num_frames=FRAMES,
+            fps=24, background=back, bg_color=c2, bg_color2="" if back == "flat" else c3, bg_angle=0.0, bg_period=0.0,
+            camera_motion=camera, camera_speed=0.0)
+        pair = []
+        for d in ("left", "right"):
+            spec.objects = [synthetic.ObjectSpec(shape, c, d, speed, 0.0, 0.0, 0.0)]
+            pair.append(synthetic.make_caption(spec))
+        out.append(tuple(pair))
     return out
 
 
@@ -120,11 +121,16 @@ PIXEL_COLOUR = torch.tensor([1.0, 0.3, -0.6])  # orange on black, in [-1, 1]
 WORLD_TOY_COLOURS = ["red", "green", "blue", "yellow", "orange", "purple", "pink", "cyan"]
 
 
+def palette_rgb(names: list[str]) -> torch.Tensor:
+    """World palette colours by name, as RGB in [-1, 1] [len(names), 3]."""
+    from opensora_lib.data import synthetic
+    return torch.tensor([synthetic.PALETTE[c] for c in names], dtype=torch.float32) / 127.5 - 1.0
+
+
 def caption_colours(pairs: list[tuple[str, str]]) -> torch.Tensor:
     """The object colour each (left, right) caption pair names, as RGB in [-1, 1] [pairs, 3]."""
     from opensora_lib.data import synthetic
-    names = [synthetic.parse_caption(left)["objects"][0]["color"] for left, _ in pairs]
-    return torch.tensor([synthetic.PALETTE[c] for c in names], dtype=torch.float32) / 127.5 - 1.0
+    return palette_rgb([synthetic.parse_caption(left)["objects"][0]["color"] for left, _ in pairs])
 
 
 def render_pixels(x0: float, y0: int, v: float, background: torch.Tensor | None = None,
@@ -165,14 +171,17 @@ def pixel_displacement(pixels: torch.Tensor, on_background: bool = False,
     """x centroid of the square's colour in the last pixel frame minus the first, in latent px (/8), per clip [n].
     `on_background`: weigh pixels by closeness to the square's colour (grey backgrounds are far from it);
     `colours` [n, 3]: each clip's square colour, weighed by closeness (within 0.5 in [-1, 1] units)."""
-    if colours is not None:
-        dist = (pixels - colours[:, :, None, None, None]).norm(dim=1)  # [n, F, 8H, 8W]
-        mass = (1 - dist / 0.5).clamp(min=0)
-    elif on_background:
-        dist = (pixels - PIXEL_COLOUR[None, :, None, None, None]).norm(dim=1)  # [n, F, 8H, 8W]
-        mass = (1 - dist / 0.8).clamp(min=0)
+    if colours is not None or on_background:
+        ref, radius = (colours, 0.5) if colours is not None else (PIXEL_COLOUR[None], 0.8)  # [n or 1, 3]
+        dist = (pixels - ref[:, :, None, None, None]).norm(dim=1)  # [n, F, 8H, 8W]
+        mass = (1 - dist / radius).clamp(min=0)
     else:
         mass = ((pixels + 1.0) * (PIXEL_COLOUR[None, :, None, None, None] + 1.0)).sum(1).clamp(min=0)  # [n, F, 8H, 8W]
+    return _x_shift(mass)
+
+
+def _x_shift(mass: torch.Tensor) -> torch.Tensor:
+    """x centroid of `mass` [n, F, 8H, 8W] in the last pixel frame minus the first, in latent px (/8) [n]."""
     cx = (mass.sum(2) * torch.arange(mass.shape[-1], dtype=torch.float32)).sum(-1) / mass.sum((2, 3)).clamp(min=1e-6)
     return (cx[:, -1] - cx[:, 0]) / 8
 
@@ -183,9 +192,8 @@ def saturated_displacement(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     first) [n] and the mean colour of the saturated pixels [n, 3]."""
     sat = pixels.amax(1) - pixels.amin(1)  # [n, F, 8H, 8W]
     mass = (sat - 0.3).clamp(min=0)
-    cx = (mass.sum(2) * torch.arange(mass.shape[-1], dtype=torch.float32)).sum(-1) / mass.sum((2, 3)).clamp(min=1e-6)
     colour = (pixels * mass[:, None]).sum((2, 3, 4)) / mass[:, None].sum((2, 3, 4)).clamp(min=1e-6)  # [n, 3]
-    return (cx[:, -1] - cx[:, 0]) / 8, colour
+    return _x_shift(mass), colour
 
 
 def displacement(latents: torch.Tensor) -> torch.Tensor:
@@ -224,11 +232,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
 
-    if args.init:
-        args.varied_captions = True  # the embedded checkpoints read 64 caption tokens
+    if args.init or args.world_colours:
+        args.varied_captions = True  # the embedded checkpoints read 64 caption tokens; world colours need the words
     length = 64 if args.varied_captions else 16
-    if args.world_colours:
-        args.varied_captions = True
     texts = (varied_captions(80, args.seed, WORLD_TOY_COLOURS if args.world_colours else None)
              if args.varied_captions else [CAPTIONS])
     # the square's colour per caption pair [pairs, 3] (None: PIXEL_COLOUR for every clip)
@@ -244,10 +250,10 @@ def main(argv: list[str] | None = None) -> dict:
             return n_train + torch.arange(n) % (len(texts) - n_train)
         return torch.randint(0, n_train, (n,), generator=gen)
 
-    def kwargs(direction: torch.Tensor, held_out: bool = False, variant: torch.Tensor | None = None) -> dict:
+    def kwargs(direction: torch.Tensor, variant: torch.Tensor | None = None) -> dict:
         n = len(direction)
-        if variant is None:
-            variant = pick_variants(n, held_out)
+        if variant is None:  # a training draw
+            variant = pick_variants(n)
         row = 2 * variant + direction
         return dict(y=captions["y"][row].float(), mask=captions["mask"][row],
                     fps=torch.full((n,), 24.0), height=torch.full((n,), 48.0), width=torch.full((n,), 48.0),
@@ -329,8 +335,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "went_right": int((dx > 0.5).sum()), "n": n}
         if colours is not None:  # also read colour-blind, and whether the square has its caption's colour
             sdx, seen = saturated_displacement(pixels)
-            nearest = torch.cdist(seen, caption_colours(texts)).argmin(1)  # index of the nearest caption colour
-            right_colour = (caption_colours(texts)[nearest] - colours).norm(dim=1) < 1e-6
+            nearest = pair_rgb[torch.cdist(seen, pair_rgb).argmin(1)]  # the caption colour closest to what was drawn
+            right_colour = (nearest - colours).norm(dim=1) < 1e-6
             result[name].update(saturated={"mean_dx": sdx.mean().item(), "went_left": int((sdx < -0.5).sum()),
                                            "went_right": int((sdx > 0.5).sum())},
                                 colour_right=int(right_colour.sum()))

@@ -679,8 +679,7 @@ def test_toy_world_colours_draw_the_square_in_the_colour_its_caption_names():
     assert set(names) <= set(toy.WORLD_TOY_COLOURS) and len(set(names)) >= 5
     assert torch.allclose(rgb[0], torch.tensor(syn.PALETTE[names[0]], dtype=torch.float32) / 127.5 - 1)
     greys = torch.linspace(-1, 0.2, 61)[:, None].expand(-1, 3)  # [61, 3]
-    palette = toy.caption_colours([(f"A {c} circle moves slowly left across a red background. The camera is static.",
-                                    "") for c in toy.WORLD_TOY_COLOURS])
+    palette = toy.palette_rgb(toy.WORLD_TOY_COLOURS)
     assert torch.cdist(palette, greys).min() > 0.5
     colours = rgb[:8]
     clips, direction = toy.make_batch(8, 0.5, False, torch.Generator().manual_seed(1), pixels=True, background=True,
@@ -698,8 +697,7 @@ def test_toy_saturation_read_back_finds_any_colour_on_the_grey_checker():
 
     from benchmarks import toy_direction as toy
 
-    palette = toy.caption_colours([(f"A {c} circle moves slowly left across a red background. The camera is static.",
-                                    "") for c in toy.WORLD_TOY_COLOURS])
+    palette = toy.palette_rgb(toy.WORLD_TOY_COLOURS)
     colours = palette[torch.arange(8) % len(palette)]
     clips, direction = toy.make_batch(8, 0.5, False, torch.Generator().manual_seed(4), pixels=True, background=True,
                                       colours=colours)
