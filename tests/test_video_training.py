@@ -251,6 +251,57 @@ def test_feature_cache_is_transparent(tmp_path, world):
     assert plain["x"].shape[:3] == (2, 4, 1 if mb.bucket[1] == 1 else 3)
 
 
+
+def test_mirror_caption_swaps_direction_words_only():
+    from opensora_lib.data.video_dataset import mirror_caption
+
+    text = ("A red circle moves quickly left and a blue cross moves slowly up across a green and white checkered "
+            "background. The camera pans right. Camera motion: pan_right.")
+    h = mirror_caption(text, True, False)
+    assert h == text.replace("left", "@").replace("right", "left").replace("@", "right")
+    assert mirror_caption(text, False, True) == text.replace("moves slowly up", "moves slowly down")
+    assert mirror_caption(mirror_caption(text, True, True), True, True) == text  # a mirror twice is the identity
+    assert mirror_caption("The camera tilts down. Camera motion: tilt_down.", False, True) == (
+        "The camera tilts up. Camera motion: tilt_up.")
+    assert mirror_caption("The camera zooms in.", True, True) == "The camera zooms in."
+
+
+def test_mirrored_samples_swap_the_caption_and_the_pixels_together(world):
+    from opensora_lib.data.synthetic import parse_caption
+    from opensora_lib.train.features import FeatureProvider
+
+    with pytest.raises(ValueError, match="hflip_prob"):
+        VideoTextDataset(world, hflip_prob=1.5, validate=False)
+    plain = VideoTextDataset(world, seed=2, window="fixed", use_scores=False)
+    half = VideoTextDataset(world, seed=2, window="fixed", use_scores=False, hflip_prob=0.5, vflip_prob=0.5)
+    draws = [half.flips(row, epoch) for row in range(len(half)) for epoch in range(25)]
+    assert draws == [half.flips(row, epoch) for row in range(len(half)) for epoch in range(25)]  # seeded
+    for axis in (0, 1):
+        assert 0.4 < np.mean([d[axis] for d in draws]) < 0.6
+    assert all(plain.flips(row, 0) == (False, False) for row in range(len(plain)))
+
+    both = VideoTextDataset(world, seed=2, window="fixed", use_scores=False, hflip_prob=1.0, vflip_prob=1.0)
+    row = next(i for i in range(len(plain)) if not plain.is_image(i)  # a clip whose object moves
+               and any(o["motion"] != "static" for o in parse_caption(plain.rows[i]["text"])["objects"]))
+    size = (9, 48, 48)
+    a, b = plain.get(row, size, 0), both.get(row, size, 0)
+    assert torch.equal(b["video"], a["video"].flip([-1, -2]))  # [3, T, H, W] mirrored on both axes
+    swap = {"left": "right", "right": "left", "up": "down", "down": "up", "static": "static"}
+    truth, mirrored = parse_caption(a["text"]), parse_caption(b["text"])
+    assert [swap[o["motion"]] for o in truth["objects"]] == [o["motion"] for o in mirrored["objects"]]
+    assert [o["color"] for o in truth["objects"]] == [o["color"] for o in mirrored["objects"]]
+
+    # the feature cache holds unmirrored latents; a batch mirrors them with the caption
+    table = BucketTable(BUCKETS, "48px:2304")
+    mb = BucketSampler(table, plain.sizes(), seed=0).plan(0)[0]
+    vae = _TinyVAE()
+    x0 = FeatureProvider(plain, vae, _TinyText()).batch(mb, table, 0)
+    hor = VideoTextDataset(world, seed=2, window="fixed", use_scores=False, hflip_prob=1.0)
+    x1 = FeatureProvider(hor, vae, _TinyText(), cache_dir=None).batch(mb, table, 0)
+    assert torch.equal(x1["x"], x0["x"].flip(-1))  # [B, C, T', h, w]
+    assert x1["texts"] == [mirror for mirror in (t.replace("left", "@").replace("right", "left").replace("@", "right")
+                                                 for t in x0["texts"])]
+
 # -- engine in separate processes ------------------------------------------------------------------
 
 DRIVER = textwrap.dedent('''

@@ -15,6 +15,13 @@ All randomness is seeded from (seed, epoch, row): the same call gives the same s
 ``window="fixed"`` draws the frame window from (seed, row, T) only, so a sample's frames are the same every epoch
 (what makes cached latents reusable); ``"random"`` redraws it per epoch like the reference.
 
+Mirroring (ours, off by default; the reference has no caption-aware flips): with ``hflip_prob`` / ``vflip_prob`` a
+sample is mirrored left-right / top-bottom, drawn per (seed, epoch, row), and its caption's direction words are
+swapped to match ("moves left" -> "moves right", "pan left" -> "pan right"; "up" <-> "down" for the vertical
+flip). This is only right for captions that name directions in the frame, as the synthetic world's do: the
+clip and the caption of its mirror image are a pair that differs in the direction alone. `flips` gives the draw,
+`caption` and `get` apply it; a feature cache keeps unmirrored latents and mirrors them (`train.features`).
+
 Bad files: with ``on_error="fail"`` a missing, empty or corrupt file raises `SampleError` naming the CSV row and
 the file; with ``"skip"`` the row is left out, a warning is logged and a JSON line ``{"row", "path", "error",
 "when"}`` is appended to the rejects file. ``validate=True`` probes every file when the dataset is built, so bad
@@ -29,6 +36,7 @@ import logging
 import math
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +51,17 @@ log = logging.getLogger(__name__)
 
 IMAGE_FPS = 120
 ON_ERROR = ("fail", "skip")
+_MIRROR_WORDS = {"h": {"left": "right", "right": "left"}, "v": {"up": "down", "down": "up"}}
+_DIRECTION_WORD = re.compile(r"(?<![A-Za-z])(left|right|up|down)(?![A-Za-z])")
+
+
+def mirror_caption(text: str, horizontal: bool, vertical: bool) -> str:
+    """The caption of the mirrored clip: left <-> right when mirrored left-right, up <-> down when mirrored
+    top-bottom (whole words, also inside labels like "pan_left")."""
+    swap = {**(_MIRROR_WORDS["h"] if horizontal else {}), **(_MIRROR_WORDS["v"] if vertical else {})}
+    if not swap:
+        return text
+    return _DIRECTION_WORD.sub(lambda m: swap.get(m.group(1), m.group(1)), text)
 
 
 def derive_seed(*parts: int) -> int:
@@ -81,6 +100,12 @@ def cmotion_label(value) -> str | None:
     return value.strip().lower().replace(" ", "_")
 
 
+def mirror(x: torch.Tensor, horizontal: bool, vertical: bool) -> torch.Tensor:
+    """Mirror [..., H, W] pixels or latents left-right (last axis) and / or top-bottom (second last)."""
+    dims = ([-1] if horizontal else []) + ([-2] if vertical else [])
+    return x.flip(dims) if dims else x
+
+
 def frame_window(total: int, num_frames: int, frame_interval: int, rng: np.random.Generator) -> np.ndarray:
     """Open-Sora's temporal random crop: a window of num_frames*frame_interval frames (the whole clip if shorter)
     starting at a random frame in [0, max(0, total - size - 1)] (the reference's range: the last possible start is
@@ -106,6 +131,8 @@ class VideoTextDataset:
         rejects_path: str | os.PathLike | None = None,
         validate: bool = True,
         write_rejects: bool = True,
+        hflip_prob: float = 0.0,
+        vflip_prob: float = 0.0,
     ):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -118,6 +145,11 @@ class VideoTextDataset:
         self.window = window
         self.score_drop_prob = float(score_drop_prob)
         self.use_scores = use_scores
+        for name, value in (("hflip_prob", hflip_prob), ("vflip_prob", vflip_prob)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        self.hflip_prob = float(hflip_prob)
+        self.vflip_prob = float(vflip_prob)
         self.on_error = on_error
         self.rejects_path = Path(rejects_path) if rejects_path else None
         self.write_rejects = write_rejects  # only one process of a distributed run writes the file
@@ -208,21 +240,29 @@ class VideoTextDataset:
             rng = np.random.default_rng(derive_seed(self.seed, epoch, row_id, num_frames, 0x5749))
         return frame_window(total, num_frames, self.frame_interval, rng)
 
+    def flips(self, row_id: int, epoch: int) -> tuple[bool, bool]:
+        """(left-right, top-bottom): whether this (row, epoch) sample is mirrored (see module doc)."""
+        if not (self.hflip_prob or self.vflip_prob):
+            return False, False
+        rng = random.Random(derive_seed(self.seed, epoch, row_id, 0xF119))
+        return rng.random() < self.hflip_prob, rng.random() < self.vflip_prob
+
     def caption(self, row_id: int, epoch: int) -> str:
-        """The row's text with score / camera-motion suffixes, each dropped with prob ``score_drop_prob``."""
+        """The row's text with score / camera-motion suffixes, each dropped with prob ``score_drop_prob``, and its
+        direction words mirrored with the sample (`flips`)."""
         row = self.rows[row_id]
         text = row["text"]
-        if not self.use_scores:
-            return text
-        rng = random.Random(derive_seed(self.seed, epoch, row_id, 0x7e47))
-        text = score_to_text(text, _number(row.get("aes")), _number(row.get("flow")), self.score_drop_prob, rng)
-        label = cmotion_label(row.get("cmotion"))
-        if label is not None and rng.random() > self.score_drop_prob:
-            text = merge_cmotion(text, label)
-        return text
+        if self.use_scores:
+            rng = random.Random(derive_seed(self.seed, epoch, row_id, 0x7e47))
+            text = score_to_text(text, _number(row.get("aes")), _number(row.get("flow")), self.score_drop_prob, rng)
+            label = cmotion_label(row.get("cmotion"))
+            if label is not None and rng.random() > self.score_drop_prob:
+                text = merge_cmotion(text, label)
+        return mirror_caption(text, *self.flips(row_id, epoch))
 
     def load_video(self, row_id: int, size: tuple[int, int, int], epoch: int) -> torch.Tensor:
-        """Pixels [3, T, H, W] in [-1, 1] of a row in bucket size (T, H, W). Errors follow the policy: raises
+        """Pixels [3, T, H, W] in [-1, 1] of a row in bucket size (T, H, W), not mirrored (`get` mirrors; a feature
+        cache stores these and mirrors the latents). Errors follow the policy: raises
         `SampleError` (``"fail"``) or returns None after logging (``"skip"``)."""
         T, H, W = size
         try:
@@ -239,5 +279,6 @@ class VideoTextDataset:
         if video is None:
             return None
         T, H, W = size
+        video = mirror(video, *self.flips(row_id, epoch))  # [3, T, H, W]
         return {"video": video, "text": self.caption(row_id, epoch), "num_frames": T, "height": H, "width": W,
                 "ar": H / W, "fps": self.fps(row_id), "row": row_id}

@@ -118,6 +118,8 @@ class VideoTrainConfig:
     use_scores: bool = True
     on_bad_file: str = "fail"  # or "skip"
     rejects_path: str = ""
+    hflip_prob: float = 0.0  # (ours) mirror left-right, swapping left/right in the caption (reference: 0)
+    vflip_prob: float = 0.0  # (ours) mirror top-bottom, swapping up/down in the caption (reference: 0)
     # models
     model_preset: str = "STDiT3-S/2"
     model_kwargs: dict = field(default_factory=dict)
@@ -490,6 +492,7 @@ class VideoTrainer:
             cfg.csv, frame_interval=cfg.frame_interval, seed=cfg.seed, window=cfg.window,
             score_drop_prob=cfg.score_drop_prob, use_scores=cfg.use_scores, on_error=cfg.on_bad_file,
             rejects_path=rejects, write_rejects=self.rank == 0,
+            hflip_prob=cfg.hflip_prob, vflip_prob=cfg.vflip_prob,
         )
         self.table = BucketTable(cfg.buckets, cfg.resolutions, cfg.aspect_ratios)
         self.sampler = BucketSampler(

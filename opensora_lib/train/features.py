@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..data.buckets import BucketTable, MicroBatch
-from ..data.video_dataset import SampleError, VideoTextDataset
+from ..data.video_dataset import SampleError, VideoTextDataset, mirror
 from ..utils.checkpoint import atomic_torch_save
 
 
@@ -157,7 +157,7 @@ class FeatureProvider:
             z = self.latent(row_id, (T, H, W), epoch)
             if z is None:
                 continue
-            zs.append(z)
+            zs.append(mirror(z, *self.dataset.flips(row_id, epoch)))  # [C, T', h, w]; cached unmirrored
             rows.append(row_id)
             texts.append(self.dataset.caption(row_id, epoch))
             fps.append(self.dataset.fps(row_id))
