@@ -107,3 +107,21 @@ def test_write_rejects_wrong_dtype_or_shape(tmp_path):
         write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8, 3), np.float32))
     with pytest.raises(ValueError, match=r"\[T, H, W, 3\]"):
         write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8), np.uint8)[..., None])
+
+
+def test_lossy_mp4_converts_colours_as_ffmpeg_does_at_any_even_size(tmp_path):
+    """write_video(lossless=False) converts RGB -> yuv420p itself (PyAV's conversion is not repeatable); the
+    conversion agrees with ffmpeg's within 2 levels on flat colour bands, also where H / 2 is odd (42 rows)."""
+    import av
+
+    from opensora_lib.data.video_io import yuv420p_frame
+
+    img = np.zeros((42, 56, 3), np.uint8)  # [H, W, 3]: three colour bands
+    img[:, :16], img[:, 16:32], img[:, 32:] = (200, 30, 40), (20, 180, 60), (30, 50, 220)
+    ours = yuv420p_frame(img).to_ndarray(format="rgb24").astype(int)
+    ffmpeg = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p").to_ndarray(format="rgb24")
+    assert np.abs(ours - ffmpeg.astype(int)).max() <= 2 and np.abs(ours - img).max() <= 3
+    clip = np.repeat(img[None], 3, axis=0)
+    a, b = (write_video(tmp_path / f"{k}.mp4", clip, lossless=False) for k in "ab")
+    assert a.read_bytes() == b.read_bytes()
+    assert read_video(a).shape == clip.shape

@@ -251,7 +251,6 @@ def test_feature_cache_is_transparent(tmp_path, world):
     assert plain["x"].shape[:3] == (2, 4, 1 if mb.bucket[1] == 1 else 3)
 
 
-
 def test_mirror_caption_swaps_direction_words_only():
     from opensora_lib.data.video_dataset import mirror_caption
 
@@ -268,6 +267,7 @@ def test_mirror_caption_swaps_direction_words_only():
 
 def test_mirrored_samples_swap_the_caption_and_the_pixels_together(world):
     from opensora_lib.data.synthetic import parse_caption
+    from opensora_lib.data.video_dataset import mirror_caption
     from opensora_lib.train.features import FeatureProvider
 
     with pytest.raises(ValueError, match="hflip_prob"):
@@ -293,14 +293,15 @@ def test_mirrored_samples_swap_the_caption_and_the_pixels_together(world):
 
     # the feature cache holds unmirrored latents; a batch mirrors them with the caption
     table = BucketTable(BUCKETS, "48px:2304")
-    mb = BucketSampler(table, plain.sizes(), seed=0).plan(0)[0]
+    mb = next(m for m in BucketSampler(table, plain.sizes(), seed=0).plan(0)  # clips with a left / right word
+              if any(w in plain.caption(r, 0) for r in m.rows for w in ("left", "right")))
     vae = _TinyVAE()
     x0 = FeatureProvider(plain, vae, _TinyText()).batch(mb, table, 0)
     hor = VideoTextDataset(world, seed=2, window="fixed", use_scores=False, hflip_prob=1.0)
-    x1 = FeatureProvider(hor, vae, _TinyText(), cache_dir=None).batch(mb, table, 0)
+    x1 = FeatureProvider(hor, vae, _TinyText()).batch(mb, table, 0)
     assert torch.equal(x1["x"], x0["x"].flip(-1))  # [B, C, T', h, w]
-    assert x1["texts"] == [mirror for mirror in (t.replace("left", "@").replace("right", "left").replace("@", "right")
-                                                 for t in x0["texts"])]
+    assert x1["texts"] == [mirror_caption(t, True, False) for t in x0["texts"]] != x0["texts"]
+
 
 # -- engine in separate processes ------------------------------------------------------------------
 
