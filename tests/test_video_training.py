@@ -85,19 +85,6 @@ def test_windows_fixed_or_redrawn_per_epoch(world):
     assert np.array_equal(rand.frame_indices(row, 9, 3), VideoTextDataset(world, seed=1, validate=False).frame_indices(row, 9, 3))
 
 
-def test_head_window_starts_every_window_at_the_first_frame(world):
-    assert frame_window(40, 9, 2, None).tolist() == np.linspace(0, 17, 9).astype(int).tolist()
-    head = VideoTextDataset(world, seed=1, window="head", validate=False)
-    rows = [i for i in range(len(head)) if int(head.rows[i]["num_frames"]) > 20]
-    assert rows
-    for row in rows:
-        for epoch in range(3):
-            idx = head.frame_indices(row, 9, epoch)
-            assert idx[0] == 0 and idx.tolist() == list(range(9))
-    with pytest.raises(ValueError, match="'head'"):
-        VideoTextDataset(world, seed=1, window="middle", validate=False)
-
-
 def test_score_captions_drop_each_part_with_probability_0_2(tmp_path, world):
     def edit(r):
         r["aes"], r["flow"], r["cmotion"] = "5.5", "3.25", "pan left"

@@ -98,13 +98,6 @@ class WorldParams:
     # speed of a moving object in px/frame, "low,high" (drawn uniformly; placement slows an object down until its
     # whole path stays in view, so long clips end up slower). The camera pans / tilts at 0.3-1.0 px/frame.
     object_speed: str | list = "0.3,1.6"
-    # where a moving object starts (ours): "uniform" anywhere its whole path stays in view; "edge" near the side it
-    # moves away from (a right-mover in the leftmost `edge_band` of the room its centre has, an up-mover at the
-    # bottom), so that the caption's direction also says where the object is in each frame of the clip's start.
-    # Static objects are placed uniformly either way. Where the edge cannot hold the path (a camera moving against
-    # the object), half the tries fall back to uniform before the object is slowed down.
-    object_start: str = "uniform"
-    edge_band: float = 0.15
 
     def __post_init__(self):
         if isinstance(self.resolutions, str):
@@ -119,10 +112,6 @@ class WorldParams:
         if len(self.object_size) != 2 or not 0 < self.object_size[0] <= self.object_size[1] < 0.5:
             raise ValueError(f"object_size must be 'low,high' with 0 < low <= high < 0.5 (a radius as a fraction "
                              f"of the short side), got {self.object_size}")
-        if self.object_start not in ("uniform", "edge"):
-            raise ValueError(f"object_start must be 'uniform' or 'edge', got {self.object_start!r}")
-        if not 0 < self.edge_band <= 1:
-            raise ValueError(f"edge_band must be in (0, 1], got {self.edge_band!r}")
         for r in self.aspect_ratios:
             ratio_key(r)  # raises on unknown names
         if not 1 <= self.min_frames <= self.max_frames:
@@ -278,30 +267,13 @@ def _contrasting_colors(rng: np.random.Generator, avoid: list[str], k: int, min_
     return [names[i] for i in picked]
 
 
-def _start_range(low: float, high: float, motion: str, toward_high: str, toward_low: str, band: float
-                 ) -> tuple[float, float]:
-    """The part of [low, high] an object starts in along one axis: the `band` share at the side it moves away from."""
-    width = (high - low) * band
-    if motion == toward_high:
-        return low, low + width
-    if motion == toward_low:
-        return high - width, high
-    return low, high
-
-
-def _place_objects(rng: np.random.Generator, spec: SampleSpec, objects: list[ObjectSpec], start: str = "uniform",
-                   band: float = 0.15) -> None:
-    """Choose start positions (and shrink speeds if needed) so each object stays fully inside the view; with
-    ``start="edge"`` a moving object starts near the side it moves away from (`WorldParams.object_start`)."""
+def _place_objects(rng: np.random.Generator, spec: SampleSpec, objects: list[ObjectSpec]) -> None:
+    """Choose start positions (and shrink speeds if needed) so each object stays fully inside the view."""
     for obj in objects:
         for attempt in range(600):  # slows down every 20 tries: 0.8**30 of the speed at the end
             margin = obj.size + 1.0
-            edge = start == "edge" and attempt % 20 < 10  # the other half of each 20 tries: uniform
-            b = band if edge else 1.0
-            x_lo, x_hi = _start_range(margin, spec.width - margin, obj.motion, "right", "left", b)
-            y_lo, y_hi = _start_range(margin, spec.height - margin, obj.motion, "down", "up", b)
-            obj.x0 = float(rng.uniform(x_lo, x_hi))
-            obj.y0 = float(rng.uniform(y_lo, y_hi))
+            obj.x0 = float(rng.uniform(margin, spec.width - margin))
+            obj.y0 = float(rng.uniform(margin, spec.height - margin))
             u, v, r = spec.view_positions(obj)
             inside = (u - r >= 0).all() and (u + r <= spec.width).all() and (v - r >= 0).all() and (
                 v + r <= spec.height).all()
@@ -361,7 +333,7 @@ def sample_spec(params: WorldParams, index: int) -> SampleSpec:
         speed = 0.0 if motion == "static" else float(rng.uniform(*params.object_speed))
         size = float(rng.uniform(*params.object_size) * min(height, width))
         objects.append(ObjectSpec(SHAPES[shapes[k]], colors[k], motion, speed, size, 0.0, 0.0))
-    _place_objects(rng, spec, objects, params.object_start, params.edge_band)
+    _place_objects(rng, spec, objects)
     spec.objects = objects
     return spec
 
