@@ -19,10 +19,13 @@ held-out variants for sampling); `--init` starts from an embedded checkpoint ins
 reading the direction after decoding; `--checker` puts a random grey checkerboard behind the square;
 `--world-colours` (with `--through-vae`) draws the square in the colour its caption names (eight palette colours a
 grey checkerboard cannot hide) and also reads the direction colour-blind (saturation) and whether the colour is
-right.
+right. `--bf16`, `--shift`, `--ema 0.99` and `--masks` train as the embedded video stages do (DeepSpeed's bf16: a
+bf16 copy runs forward and backward, fp32 masters and optimizer; the stages' timestep transform in training and
+sampling; sampling from an fp32 EMA; the stage-1 frame masks).
 
     python -m benchmarks.toy_direction --steps 400
     python -m benchmarks.toy_direction --steps 400 --fixed-start
+    python -m benchmarks.toy_direction --steps 400 --fixed-start --bf16 --shift --ema 0.99 --masks
     python -m benchmarks.toy_direction --steps 400 --first-frame
     python -m benchmarks.toy_direction --steps 400 --first-frame --init checkpoints/adapt/step8.pt
     python -m benchmarks.toy_direction --steps 400 --first-frame --init checkpoints/adapt/step8.pt \
@@ -226,6 +229,16 @@ def main(argv: list[str] | None = None) -> dict:
                    help="with --through-vae: the square takes the colour its caption names (the world's palette, "
                         "minus the greys and brown that a grey checkerboard would hide), so the caption's colour word "
                         "matters too, as in the world")
+    p.add_argument("--bf16", action="store_true",
+                   help="train as the embedded video stages do (DeepSpeed bf16): forward and backward in a bf16 copy "
+                        "of the model, fp32 master weights and optimizer; sampling in fp32")
+    p.add_argument("--shift", action="store_true",
+                   help="the embedded video stages' timestep transform in training and sampling (base 128x128 px, "
+                        "frame scale 6: a 48 px 17-frame clip gets r = 2.05, t shifted towards noise)")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="sample with an fp32 EMA of the weights at this decay (the video stages: 0.99); 0 = raw weights")
+    p.add_argument("--masks", action="store_true",
+                   help="the video stage-1 frame masks (20%% of samples get clean conditioning frames)")
     args = p.parse_args(argv)
     if args.world_colours and not args.through_vae:
         p.error("--world-colours draws pixels: it needs --through-vae")
@@ -278,11 +291,35 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.no_grad():
             return vae.encode(pixels, sample_posterior=False).float()  # [n, 4, 5, 6, 6], the VAE's normalisation
 
-    scheduler = RFlowScheduler(sample_method="logit-normal")
+    shift = dict(use_timestep_transform=True, base_resolution=16384, frame_scale=6) if args.shift else {}
+    scheduler = RFlowScheduler(sample_method="logit-normal", **shift)
+    ema = None
+    if args.ema:
+        from opensora_lib.train.engine import EMA
+
+        ema = EMA(model)
+    mask_gen = None
+    if args.masks:
+        import random
+
+        import yaml
+
+        from opensora_lib.schedulers.masks import MaskGenerator
+        from opensora_lib.train.engine import canonical_mask_ratios
+
+        with open("params/train.yaml") as f:
+            ratios = yaml.safe_load(f)["train"]["stages"]["1"]["mask_ratios"]
+        mask_gen = MaskGenerator(canonical_mask_ratios(ratios), rng=random.Random(args.seed + 3))
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=5e-4, eps=1e-15)
+    work = model  # the copy that runs forward / backward: the fp32 model itself, or its bf16 copy (--bf16)
+    if args.bf16:
+        import copy
+
+        work = copy.deepcopy(model).to(torch.bfloat16)
     start = time.perf_counter()
     losses = []
     model.train()
+    work.train()
     for step in range(args.steps):
         variant = pick_variants(args.batch) if pair_rgb is not None else None  # the caption first: it names the colour
         clips, direction = make_batch(args.batch, args.speed, args.fixed_start, gen, pixels=vae is not None,
@@ -294,18 +331,33 @@ def main(argv: list[str] | None = None) -> dict:
         if args.first_frame:  # False = a clean conditioning frame (kept as x_0, timestep 0, not in the loss)
             mask = torch.ones(args.batch, T, dtype=torch.bool)
             mask[:, 0] = False
-        loss = scheduler.training_losses(model, clips, kwargs(direction, variant=variant), mask=mask)["loss"].mean()
+        elif mask_gen is not None:
+            mask = mask_gen.get_masks(clips)  # [B, T] bool
+        if work is not model:  # bf16 weights from the fp32 masters, as DeepSpeed's bf16 optimizer keeps them
+            with torch.no_grad():
+                for w, m in zip(work.parameters(), model.parameters()):
+                    w.copy_(m)
+        loss = scheduler.training_losses(work, clips, kwargs(direction, variant=variant), mask=mask)["loss"].mean()
         opt.zero_grad(set_to_none=True)
+        work.zero_grad(set_to_none=True)
         loss.backward()
+        if work is not model:
+            for w, m in zip(work.parameters(), model.parameters()):
+                m.grad = None if w.grad is None else w.grad.float()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if ema is not None:
+            ema.update(model, args.ema)
         losses.append(loss.item())
         if step % 100 == 0 or step == args.steps - 1:
             print(f"step {step}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
 
+    if ema is not None:
+        model = ema.model
     model.eval()
-    sampler = RFLOW(num_sampling_steps=30, cfg_scale=args.cfg)
-    result = {"steps": args.steps, "fixed_start": args.fixed_start, "first_frame": args.first_frame,
+    sampler = RFLOW(num_sampling_steps=30, cfg_scale=args.cfg, **shift)
+    result = {"steps": args.steps, "fixed_start": args.fixed_start, "first_frame": args.first_frame, "bf16": args.bf16,
+              "shift": args.shift, "ema": args.ema, "masks": args.masks,
               "speed": args.speed, "cfg": args.cfg,
               "final_loss": sum(losses[-20:]) / len(losses[-20:])}
     for d, name in enumerate(("left", "right")):

@@ -748,3 +748,58 @@ def test_object_loss_share_marks_the_latent_cells_the_object_covers():
     assert np.argwhere(cells[2]).tolist() == [[1, 1], [1, 2], [2, 1], [2, 2]]  # frames 5-8: before the move
     assert np.argwhere(cells[3]).tolist() == [[1, 2], [1, 3], [2, 2], [2, 3]]  # frames 9-12: after it
     assert not object_cells(frames, [(40, 220, 40)], (5, 6, 6), cover=0.25).any()  # another colour: nothing
+
+
+def test_engine_direction_world_walk_starts_in_the_middle_and_moves_as_captioned():
+    """benchmarks/engine_direction.py, --data world: the first object starts in the middle of the frame along its
+    axis of motion, moves 1 px per frame the way its caption says (left or right by default), and the eval's
+    detector reads that motion from the rendered clip; --start uniform keeps the whole path in view instead."""
+    from benchmarks import engine_direction as ed
+    from opensora_lib.data import synthetic as syn
+    from opensora_lib.eval.scores import semantic_result
+
+    params = ed.world_walk_params()
+    for index in range(4):
+        spec = ed.world_walk_spec(params, index)
+        obj = spec.objects[0]
+        assert (spec.height, spec.width, spec.num_frames, spec.camera_motion) == (48, 48, 17, "static")
+        assert obj.motion in ("left", "right") and obj.speed == 1.0 and obj.x0 == 24.0
+        caption = syn.make_caption(spec)
+        assert syn.parse_caption(caption)["objects"][0]["motion"] == obj.motion
+        result = semantic_result(syn.render(spec), caption)
+        assert result["detected_motion"] == obj.motion and result["motion"]
+    for index in range(4):
+        spec = ed.world_walk_spec(params, index, start="uniform", four=True, speeds=True)
+        u, v, r = spec.view_positions(spec.objects[0])
+        assert (u - r >= 0).all() and (u + r <= 48).all() and (v - r >= 0).all() and (v + r <= 48).all()
+
+
+def test_engine_direction_clips_fill_the_17_frame_bucket(tmp_path):
+    """The engine's bucket rule takes clips of more than T frames into a T-frame bucket, so the benchmark's CSV
+    states 18 for its 17-frame files: every row lands in the 48 px 17-frame bucket and the window is the whole file."""
+    import torch
+
+    from benchmarks import engine_direction as ed
+    from opensora_lib.data.buckets import BucketSampler, BucketTable
+    from opensora_lib.data.video_dataset import VideoTextDataset
+
+    ed.write_world(tmp_path, n=3, prompts_per_motion=2)
+    prompts = json.loads((tmp_path / "prompts.json").read_text())
+    assert set(prompts) == {"left", "right"} and all(len(v) == 2 for v in prompts.values())
+    ds = VideoTextDataset(tmp_path / "train.csv", window="fixed")
+    table = BucketTable({"48px": {17: [1.0, 4]}}, "48px:2304", "1:1")
+    keys = BucketSampler(table, ds.sizes(), seed=0).assign(0)
+    assert all(k is not None and k[:2] == ("48px", 17) for k in keys)
+    assert ds.frame_indices(0, 17, 0).tolist() == list(range(17))
+    assert ds.load_video(0, (17, 48, 48), 0).shape == torch.Size([3, 17, 48, 48])
+
+
+def test_toy_direction_trains_in_bf16_with_fp32_masters_and_the_stage_settings():
+    """toy_direction --bf16 --shift --ema --masks (the video stages' precision, timestep shift, EMA and frame masks)
+    trains two steps and samples: a finite loss, a direction read for both captions."""
+    from benchmarks import toy_direction as toy
+
+    result = toy.main(["--steps", "2", "--samples", "2", "--bf16", "--shift", "--ema", "0.99", "--masks"])
+    assert result["bf16"] and result["shift"] and result["ema"] == 0.99 and result["masks"]
+    assert np.isfinite(result["final_loss"])
+    assert result["left"]["n"] == result["right"]["n"] == 2
