@@ -17,7 +17,8 @@ one 48 px 1:1 17-frame bucket, on clips written to a folder:
   (`eval.scores.semantic_result`) on held-out prompts of the same generator.
 
 Every clip is drawn once (``--n`` clips, ``--steps`` x 16 samples: one pass at the defaults), as the toy's fresh
-draws. ``--offset`` draws further clips and ``--init`` continues from an earlier run's checkpoint.
+draws. ``--offset`` draws further clips and ``--init`` continues from an earlier run's checkpoint;
+``--train-caption-projection`` trains the caption projection the stages keep frozen.
 
     python -m benchmarks.engine_direction --data toy --dir /tmp/eng/toy
     python -m benchmarks.engine_direction --data world --dir /tmp/eng/w1
@@ -149,8 +150,10 @@ def write_toy(out: Path, n: int, seed: int = 0) -> None:
                                                  indent=1))
 
 
-def stage1_config(out: Path, steps: int, batch: int, init: str, vae_ckpt: str, params_file: str = "params/train.yaml"):
-    """`params/train.yaml` stage 1 in one 48 px 1:1 17-frame bucket on ``out``/train.csv."""
+def stage1_config(out: Path, steps: int, batch: int, init: str, vae_ckpt: str, params_file: str = "params/train.yaml",
+                  **overrides):
+    """`params/train.yaml` stage 1 in one 48 px 1:1 17-frame bucket on ``out``/train.csv (``overrides``: further
+    training params)."""
     import yaml
 
     from opensora_lib.train import engine
@@ -160,7 +163,7 @@ def stage1_config(out: Path, steps: int, batch: int, init: str, vae_ckpt: str, p
     return engine.stage_config(params, 1, csv=str(out / "train.csv"), buckets={"48px": {FRAMES: [1.0, batch]}},
                                resolutions="48px:2304", aspect_ratios="1:1", steps=steps,
                                feature_cache=str(out / "features"), ckpt_dir=str(out / "ckpt"), threads=1, init=init,
-                               vae_ckpt=vae_ckpt, window="fixed")
+                               vae_ckpt=vae_ckpt, window="fixed", **overrides)
 
 
 @torch.no_grad()
@@ -219,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--init", default="checkpoints/adapt/step8.pt")
     p.add_argument("--vae", default="checkpoints/vae/stage3.pt")
     p.add_argument("--cfg", default="4,7", help="guidance scales to sample at, comma-separated")
+    p.add_argument("--train-caption-projection", action="store_true",
+                   help="freeze_y_embedder: false (the stages keep the caption projection frozen, as the reference)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.dir)
@@ -227,7 +232,8 @@ def main(argv: list[str] | None = None) -> dict:
             write_toy(out, args.n)
         else:
             write_world(out, args.n, args.offset, args.start, args.four, args.speeds, args.camera, args.two, args.flat)
-    cfg = stage1_config(out, args.steps, args.batch, args.init, args.vae)
+    extra = {"freeze_y_embedder": False} if args.train_caption_projection else {}
+    cfg = stage1_config(out, args.steps, args.batch, args.init, args.vae, **extra)
     ckpt = out / "ckpt" / "last.pt"
     start = time.perf_counter()
     if not ckpt.exists():
