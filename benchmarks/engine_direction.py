@@ -1,7 +1,8 @@
 r"""Does the embedded video engine learn a caption's motion direction, and on which data?
 
 A diagnostic for the embedded run's motion direction (README, "What the embedded run reaches"), not part of
-`make bench` (each run trains for 20-30 minutes). `benchmarks/toy_direction.py` trains STDiT3 in a plain loop; this
+`make bench` (a run of the defaults took 8-27 minutes on one thread here, the most with first-use VAE encodes and
+another job beside it). `benchmarks/toy_direction.py` trains STDiT3 in a plain loop; this
 runs the real stage-1 engine (`opensora_lib.train.engine.VideoTrainer`: feature cache, mirroring, frame masks,
 DeepSpeed bf16, timestep shift, EMA, the params of `params/train.yaml` stage 1) from the embedded adapt step 8, in
 one 48 px 1:1 17-frame bucket, on clips written to a folder:
@@ -167,14 +168,11 @@ def stage1_config(out: Path, steps: int, batch: int, init: str, vae_ckpt: str, p
 
 
 @torch.no_grad()
-def sample_prompts(ckpt: str, vae, texts: list[str], cfg, guidance: float, seed: int = 7) -> torch.Tensor:
+def sample_prompts(model, text_encoder, vae, texts: list[str], cfg, guidance: float, seed: int = 7) -> torch.Tensor:
     """Decoded clips [n, 3, 17, 48, 48] of the prompts (30 steps, the stage's timestep transform)."""
-    from opensora_lib.models.text_encoder import MiniLMEncoder
-    from opensora_lib.sample import load_model
     from opensora_lib.schedulers.rectified_flow import RFLOW
 
-    model, _ = load_model(ckpt)
-    enc = MiniLMEncoder(model_max_length=cfg.model_max_length).encode(texts)
+    enc = text_encoder.encode(texts)
     n = len(texts)
     sampler = RFLOW(num_sampling_steps=30, cfg_scale=guidance, use_timestep_transform=cfg.use_timestep_transform,
                     base_resolution=cfg.transform_base_resolution, frame_scale=cfg.transform_frame_scale)
@@ -243,14 +241,18 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.train(callback=lambda e: e["step"] % 50 == 0 and print(
             f"step {e['step']} loss {e['loss']:.4f} ({time.perf_counter() - start:.0f} s)", flush=True))
         trainer.save(ckpt)
+    from opensora_lib.models.text_encoder import MiniLMEncoder
     from opensora_lib.models.vae import load_vae
+    from opensora_lib.sample import load_model
 
+    model, _ = load_model(ckpt)
+    text_encoder = MiniLMEncoder(model_max_length=cfg.model_max_length)
     vae = load_vae(args.vae).eval()
     prompts = json.loads((out / "prompts.json").read_text())
     result = {"args": vars(args), "train_seconds": round(time.perf_counter() - start)}
     for g in [float(x) for x in args.cfg.split(",")]:
         for motion, texts in prompts.items():
-            pixels = sample_prompts(str(ckpt), vae, texts, cfg, g)
+            pixels = sample_prompts(model, text_encoder, vae, texts, cfg, g)
             result[f"cfg{g:g}/{motion}"] = read_toy(pixels) if args.data == "toy" else read_world(pixels, texts)
             print(f"cfg{g:g}/{motion}", result[f"cfg{g:g}/{motion}"], flush=True)
     (out / "result.json").write_text(json.dumps(result, indent=1))

@@ -233,8 +233,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="train as the embedded video stages do (DeepSpeed bf16): forward and backward in a bf16 copy "
                         "of the model, fp32 master weights and optimizer; sampling in fp32")
     p.add_argument("--shift", action="store_true",
-                   help="the embedded video stages' timestep transform in training and sampling (base 128x128 px, "
-                        "frame scale 6: a 48 px 17-frame clip gets r = 2.05, t shifted towards noise)")
+                   help="the embedded video stages' timestep transform in training and sampling (params/train.yaml: "
+                        "base 128x128 px, frame scale 6, so a 48 px 17-frame clip gets r = 2.05, t shifted towards "
+                        "noise)")
     p.add_argument("--ema", type=float, default=0.0,
                    help="sample with an fp32 EMA of the weights at this decay (the video stages: 0.99); 0 = raw weights")
     p.add_argument("--masks", action="store_true",
@@ -291,7 +292,17 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.no_grad():
             return vae.encode(pixels, sample_posterior=False).float()  # [n, 4, 5, 6, 6], the VAE's normalisation
 
-    shift = dict(use_timestep_transform=True, base_resolution=16384, frame_scale=6) if args.shift else {}
+    stage_params = None
+    if args.shift or args.masks:  # the video stages' settings, as params/train.yaml gives them
+        import yaml
+
+        with open("params/train.yaml") as f:
+            stage_params = yaml.safe_load(f)["train"]
+    shift = {}
+    if args.shift:
+        common = stage_params["common"]
+        shift = dict(use_timestep_transform=True, base_resolution=common["transform_base_resolution"],
+                     frame_scale=common["transform_frame_scale"])
     scheduler = RFlowScheduler(sample_method="logit-normal", **shift)
     ema = None
     if args.ema:
@@ -302,13 +313,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.masks:
         import random
 
-        import yaml
-
         from opensora_lib.schedulers.masks import MaskGenerator
         from opensora_lib.train.engine import canonical_mask_ratios
 
-        with open("params/train.yaml") as f:
-            ratios = yaml.safe_load(f)["train"]["stages"]["1"]["mask_ratios"]
+        ratios = stage_params["stages"]["1"]["mask_ratios"]
         mask_gen = MaskGenerator(canonical_mask_ratios(ratios), rng=random.Random(args.seed + 3))
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=5e-4, eps=1e-15)
     work = model  # the copy that runs forward / backward: the fp32 model itself, or its bf16 copy (--bf16)

@@ -794,7 +794,7 @@ def test_engine_direction_clips_fill_the_17_frame_bucket(tmp_path):
     assert ds.load_video(0, (17, 48, 48), 0).shape == torch.Size([3, 17, 48, 48])
 
 
-def test_toy_direction_trains_in_bf16_with_fp32_masters_and_the_stage_settings():
+def test_toy_direction_runs_with_the_video_stages_settings():
     """toy_direction --bf16 --shift --ema --masks (the video stages' precision, timestep shift, EMA and frame masks)
     trains two steps and samples: a finite loss, a direction read for both captions."""
     from benchmarks import toy_direction as toy
