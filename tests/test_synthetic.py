@@ -200,3 +200,53 @@ def test_heldout_captions_come_from_samples_the_dataset_never_rendered(tiny_worl
     first = next(i for i in range(TINY["num_samples"], TINY["num_samples"] + 50)
                  if syn.sample_spec(world, i).kind == "video")
     assert caps[0] == syn.make_caption(syn.sample_spec(world, first))
+
+
+def test_middle_start_puts_each_mover_in_the_middle_of_its_axis_at_frame_0():
+    """object_start="middle": a mover's centre is the view's middle along its axis of motion at frame 0 and stays in
+    view to the end, and it is seen in every frame; a second mover on the same axis that finds no free place on the
+    middle line starts as in the uniform world; static objects stay wholly inside as before."""
+    params = syn.WorldParams(seed=5, num_samples=120, still_fraction=0.0, object_start="middle")
+    movers, middles = 0, 0
+    for i in range(params.num_samples):
+        spec = syn.sample_spec(params, i)
+        video = syn.render(spec)
+        for k, obj in enumerate(spec.objects):
+            u, v, r = spec.view_positions(obj)
+            wholly_inside = (u - r >= 0).all() and (u + r <= spec.width).all() and (v - r >= 0).all() and (
+                v + r <= spec.height).all()
+            if obj.motion == "static":
+                assert wholly_inside, syn.make_caption(spec)
+                continue
+            movers += 1
+            along, size = (u, spec.width) if obj.motion in ("left", "right") else (v, spec.height)
+            if along[0] == pytest.approx(size / 2):
+                middles += 1
+                assert (along >= 0).all() and (along <= size).all(), syn.make_caption(spec)
+            else:  # the fallback: only a later object, and placed as the uniform world places it
+                assert k > 0 and wholly_inside, syn.make_caption(spec)
+            seen = (video == np.array(syn.PALETTE[obj.color], np.uint8)).all(-1).sum(axis=(1, 2))
+            assert seen.min() > 0, (syn.make_caption(spec), seen)
+    assert movers >= 80 and middles >= 0.8 * movers  # 102 of 120 here
+    # the rendered first frame agrees for a lone mover on a static camera: its colour's centroid is mid-frame
+    spec = next(s for s in (syn.sample_spec(params, i) for i in range(params.num_samples))
+                if s.camera_motion == "static" and len(s.objects) == 1 and s.objects[0].motion in ("left", "right"))
+    ys, xs = np.nonzero((syn.render(spec)[0] == np.array(syn.PALETTE[spec.objects[0].color], np.uint8)).all(-1))
+    assert xs.mean() == pytest.approx(spec.width / 2 - 0.5, abs=1.5)
+
+
+def test_middle_start_keeps_the_uniform_worlds_draws_but_the_start():
+    """Only where movers start changes: split, size, shape, colour, motion and clip length are the uniform world's."""
+    uniform = syn.WorldParams(seed=9, num_samples=40)
+    middle = syn.WorldParams(seed=9, num_samples=40, object_start="middle")
+    for i in range(40):
+        a, b = syn.sample_spec(uniform, i), syn.sample_spec(middle, i)
+        assert (a.split, a.num_frames, a.camera_motion, a.background) == (b.split, b.num_frames, b.camera_motion,
+                                                                          b.background)
+        assert [(o.shape, o.color, o.motion, o.size) for o in a.objects] == [
+            (o.shape, o.color, o.motion, o.size) for o in b.objects]
+
+
+def test_an_unknown_object_start_is_refused_by_name():
+    with pytest.raises(ValueError, match="object_start"):
+        syn.WorldParams(object_start="edge")

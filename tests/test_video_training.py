@@ -85,6 +85,19 @@ def test_windows_fixed_or_redrawn_per_epoch(world):
     assert np.array_equal(rand.frame_indices(row, 9, 3), VideoTextDataset(world, seed=1, validate=False).frame_indices(row, 9, 3))
 
 
+def test_head_window_starts_every_window_at_the_first_frame(world):
+    assert frame_window(40, 9, 2, None).tolist() == np.linspace(0, 17, 9).astype(int).tolist()
+    head = VideoTextDataset(world, seed=1, window="head", validate=False)
+    rows = [i for i in range(len(head)) if int(head.rows[i]["num_frames"]) > 20]
+    assert rows
+    for row in rows:
+        for epoch in range(3):
+            idx = head.frame_indices(row, 9, epoch)
+            assert idx[0] == 0 and idx.tolist() == list(range(9))
+    with pytest.raises(ValueError, match="'head'"):
+        VideoTextDataset(world, seed=1, window="middle", validate=False)
+
+
 def test_score_captions_drop_each_part_with_probability_0_2(tmp_path, world):
     def edit(r):
         r["aes"], r["flow"], r["cmotion"] = "5.5", "3.25", "pan left"
@@ -187,8 +200,10 @@ def test_config_from_params_and_released_switch():
     params = yaml.safe_load((ROOT / "params/train.yaml").read_text())["train"]
     cfg = engine.stage_config(params, 3, steps=5)
     assert cfg.stage == 3 and cfg.steps == 5 and cfg.adam_eps == 1e-15 and cfg.ema_decay == 0.99
-    assert cfg.freeze_y_embedder and cfg.zero_stage == 2 and cfg.lr == float(params["common"]["lr"])
+    assert cfg.freeze_y_embedder == bool(params["common"]["freeze_y_embedder"])
+    assert cfg.zero_stage == 2 and cfg.lr == float(params["common"]["lr"]) and cfg.window == params["common"]["window"]
     released = engine.stage_config(yaml.safe_load((ROOT / "params/released/train.yaml").read_text())["train"], 1)
+    assert released.freeze_y_embedder  # the released stages keep the caption projection frozen
     assert released.model_preset == "STDiT3-XL/2" and released.warmup_steps == 1000 and released.precision == "bf16"
     assert released.lr == 1e-4  # the released configs' lr (the embedded default trains at 5e-4, params/train.yaml)
     # the timestep transform sees video lengths as they are in the released run, scaled in the embedded one

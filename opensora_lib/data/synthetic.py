@@ -98,6 +98,12 @@ class WorldParams:
     # speed of a moving object in px/frame, "low,high" (drawn uniformly; placement slows an object down until its
     # whole path stays in view, so long clips end up slower). The camera pans / tilts at 0.3-1.0 px/frame.
     object_speed: str | list = "0.3,1.6"
+    # where a moving object starts (ours): "uniform" anywhere its whole path stays in view; "middle" with its centre
+    # in the middle of the view along its axis of motion at frame 0 (anywhere across it), so that the caption's
+    # direction also says where it is in every later frame; its centre then stays in view to the clip's end (the
+    # object may leave the view partly; it is slowed down like a uniform one until it fits). Static objects are
+    # placed uniformly either way.
+    object_start: str = "uniform"
 
     def __post_init__(self):
         if isinstance(self.resolutions, str):
@@ -112,6 +118,8 @@ class WorldParams:
         if len(self.object_size) != 2 or not 0 < self.object_size[0] <= self.object_size[1] < 0.5:
             raise ValueError(f"object_size must be 'low,high' with 0 < low <= high < 0.5 (a radius as a fraction "
                              f"of the short side), got {self.object_size}")
+        if self.object_start not in ("uniform", "middle"):
+            raise ValueError(f"object_start must be 'uniform' or 'middle', got {self.object_start!r}")
         for r in self.aspect_ratios:
             ratio_key(r)  # raises on unknown names
         if not 1 <= self.min_frames <= self.max_frames:
@@ -267,19 +275,46 @@ def _contrasting_colors(rng: np.random.Generator, avoid: list[str], k: int, min_
     return [names[i] for i in picked]
 
 
-def _place_objects(rng: np.random.Generator, spec: SampleSpec, objects: list[ObjectSpec]) -> None:
-    """Choose start positions (and shrink speeds if needed) so each object stays fully inside the view."""
+def _place_objects(rng: np.random.Generator, spec: SampleSpec, objects: list[ObjectSpec], start: str = "uniform"
+                   ) -> None:
+    """Choose start positions (and shrink speeds if needed) so each object stays fully inside the view.
+
+    With ``start="middle"`` (`WorldParams.object_start`) a moving object starts in the middle of the view on its axis
+    of motion, only its centre must stay inside, and it must not overlap an object placed before it at frame 0 (two
+    movers on one axis both start on its middle line); where 100 draws across the axis find no free place, it starts
+    as in the uniform world instead."""
+    placed: list[ObjectSpec] = []
     for obj in objects:
-        for attempt in range(600):  # slows down every 20 tries: 0.8**30 of the speed at the end
+        middle = start == "middle" and obj.motion in ("left", "right", "up", "down")
+        misses, overlaps = 0, 0
+        for attempt in range(600):  # slows down every 20 misses: 0.8**30 of the speed at the end
             margin = obj.size + 1.0
             obj.x0 = float(rng.uniform(margin, spec.width - margin))
             obj.y0 = float(rng.uniform(margin, spec.height - margin))
+            if middle:  # the view's middle at frame 0 along the axis of motion (frame 0: no pan, zoom 1)
+                if obj.motion in ("left", "right"):
+                    obj.x0 = spec.width / 2
+                else:
+                    obj.y0 = spec.height / 2
             u, v, r = spec.view_positions(obj)
-            inside = (u - r >= 0).all() and (u + r <= spec.width).all() and (v - r >= 0).all() and (
-                v + r <= spec.height).all()
+            if middle:  # the centre stays in view along the axis, the whole object across it
+                along, size, across, other = (u, spec.width, v, spec.height) if obj.motion in ("left", "right") else (
+                    v, spec.height, u, spec.width)
+                inside = (along >= 0).all() and (along <= size).all() and (across - r >= 0).all() and (
+                    across + r <= other).all()
+                free = all(math.hypot(obj.x0 - o.x0, obj.y0 - o.y0) > obj.size + o.size + 1.0 for o in placed)
+                if inside and not free:
+                    overlaps += 1
+                    middle = overlaps < 100  # no free place on the middle line: start as in the uniform world
+                    continue
+            else:
+                inside = (u - r >= 0).all() and (u + r <= spec.width).all() and (v - r >= 0).all() and (
+                    v + r <= spec.height).all()
             if inside:
+                placed.append(obj)
                 break
-            if attempt % 20 == 19:  # no room at this speed: slow down
+            misses += 1
+            if misses % 20 == 0:  # no room at this speed: slow down
                 obj.speed *= 0.8
                 if spec.camera_motion != "static":
                     spec.camera_speed *= 0.9
@@ -333,7 +368,7 @@ def sample_spec(params: WorldParams, index: int) -> SampleSpec:
         speed = 0.0 if motion == "static" else float(rng.uniform(*params.object_speed))
         size = float(rng.uniform(*params.object_size) * min(height, width))
         objects.append(ObjectSpec(SHAPES[shapes[k]], colors[k], motion, speed, size, 0.0, 0.0))
-    _place_objects(rng, spec, objects)
+    _place_objects(rng, spec, objects, params.object_start)
     spec.objects = objects
     return spec
 

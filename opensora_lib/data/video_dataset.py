@@ -13,7 +13,8 @@ A sample is asked for in a bucket size (T, H, W) chosen by `buckets.BucketSample
 
 All randomness is seeded from (seed, epoch, row): the same call gives the same sample in every process and run.
 ``window="fixed"`` draws the frame window from (seed, row, T) only, so a sample's frames are the same every epoch
-(what makes cached latents reusable); ``"random"`` redraws it per epoch like the reference.
+(what makes cached latents reusable); ``"random"`` redraws it per epoch like the reference; ``"head"`` (ours)
+always takes the clip's first frames, so a clip's start is the start of every window of it.
 
 Mirroring (ours, off by default; the reference has no caption-aware flips): with ``hflip_prob`` / ``vflip_prob`` a
 sample is mirrored left-right / top-bottom, drawn per (seed, epoch, row), and its caption's direction words are
@@ -106,12 +107,12 @@ def mirror(x: torch.Tensor, horizontal: bool, vertical: bool) -> torch.Tensor:
     return x.flip(dims) if dims else x
 
 
-def frame_window(total: int, num_frames: int, frame_interval: int, rng: np.random.Generator) -> np.ndarray:
+def frame_window(total: int, num_frames: int, frame_interval: int, rng: np.random.Generator | None) -> np.ndarray:
     """Open-Sora's temporal random crop: a window of num_frames*frame_interval frames (the whole clip if shorter)
     starting at a random frame in [0, max(0, total - size - 1)] (the reference's range: the last possible start is
-    never drawn), then num_frames indices by linspace, rounded down."""
+    never drawn), then num_frames indices by linspace, rounded down. ``rng=None``: the window starts at frame 0."""
     size = num_frames * frame_interval
-    start = int(rng.integers(0, max(0, total - size - 1) + 1))
+    start = 0 if rng is None else int(rng.integers(0, max(0, total - size - 1) + 1))
     end = min(start + size, total)
     return np.linspace(start, end - 1, num_frames).astype(np.int64)
 
@@ -136,8 +137,8 @@ class VideoTextDataset:
     ):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-        if window not in ("random", "fixed"):
-            raise ValueError(f"window must be 'random' or 'fixed', got {window!r}")
+        if window not in ("random", "fixed", "head"):
+            raise ValueError(f"window must be 'random', 'fixed' or 'head', got {window!r}")
         self.csv_path = str(csv_path)
         self.rows = read_csv(csv_path)
         self.frame_interval = int(frame_interval)
@@ -234,6 +235,8 @@ class VideoTextDataset:
         total = self.num_frames_in_file.get(row_id)
         if total is None:
             total = int(float(self.rows[row_id]["num_frames"]))
+        if self.window == "head":
+            return frame_window(total, num_frames, self.frame_interval, None)
         if self.window == "fixed":
             rng = np.random.default_rng(derive_seed(self.seed, row_id, num_frames, 0x5749))
         else:

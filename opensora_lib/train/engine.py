@@ -112,7 +112,7 @@ class VideoTrainConfig:
     resolutions: Any = None  # {"48px": 2304} or "48px:2304,64px:4096" for non-released names
     aspect_ratios: Any = None  # ratio names/keys to use (default: all of each resolution's table)
     frame_interval: int = 1
-    window: str = "random"  # "random" (reference) or "fixed" (same frames every epoch: cache-friendly)
+    window: str = "random"  # "random" (reference), "fixed" (same frames every epoch: cache-friendly) or "head"
     drop_last: bool = False
     score_drop_prob: float = 0.2
     use_scores: bool = True
