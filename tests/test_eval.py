@@ -794,6 +794,25 @@ def test_engine_direction_clips_fill_the_17_frame_bucket(tmp_path):
     assert ds.load_video(0, (17, 48, 48), 0).shape == torch.Size([3, 17, 48, 48])
 
 
+def test_engine_direction_caption_projection_follows_params_unless_overridden(tmp_path):
+    """engine_direction's stage-1 config takes freeze_y_embedder from params/train.yaml unless a flag overrides it,
+    and the two opposite flags are refused before any clip is written."""
+    import yaml
+
+    from benchmarks import engine_direction as ed
+
+    with open("params/train.yaml") as f:
+        default = yaml.safe_load(f)["train"]["common"]["freeze_y_embedder"]
+    args = (tmp_path, 2, 16, "", "")
+    assert ed.stage1_config(*args).freeze_y_embedder is default
+    assert ed.stage1_config(*args, freeze_y_embedder=True).freeze_y_embedder is True
+    assert ed.stage1_config(*args, freeze_y_embedder=False).freeze_y_embedder is False
+    with pytest.raises(SystemExit):
+        ed.main(["--data", "world", "--dir", str(tmp_path / "run"), "--train-caption-projection",
+                 "--freeze-caption-projection"])
+    assert not (tmp_path / "run").exists()
+
+
 def test_toy_direction_runs_with_the_video_stages_settings():
     """toy_direction --bf16 --shift --ema --masks (the video stages' precision, timestep shift, EMA and frame masks)
     trains two steps and samples: a finite loss, a direction read for both captions."""
