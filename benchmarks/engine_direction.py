@@ -222,13 +222,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--init", default="checkpoints/adapt/step8.pt")
     p.add_argument("--vae", default="checkpoints/vae/stage3.pt")
     p.add_argument("--cfg", default="4,7", help="guidance scales to sample at, comma-separated")
-    p.add_argument("--train-caption-projection", action="store_true",
-                   help="freeze_y_embedder: false (default: as params/train.yaml)")
-    p.add_argument("--freeze-caption-projection", action="store_true",
-                   help="freeze_y_embedder: true, as the reference (default: as params/train.yaml)")
+    projection = p.add_mutually_exclusive_group()
+    projection.add_argument("--train-caption-projection", action="store_true",
+                            help="freeze_y_embedder: false (default: as params/train.yaml)")
+    projection.add_argument("--freeze-caption-projection", action="store_true",
+                            help="freeze_y_embedder: true, as the reference (default: as params/train.yaml)")
     args = p.parse_args(argv)
-    if args.train_caption_projection and args.freeze_caption_projection:
-        p.error("--train-caption-projection and --freeze-caption-projection exclude each other")
     torch.set_num_threads(1)
     out = Path(args.dir)
     if not (out / "train.csv").exists():
@@ -236,8 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
             write_toy(out, args.n)
         else:
             write_world(out, args.n, args.offset, args.start, args.four, args.speeds, args.camera, args.two, args.flat)
-    extra = ({"freeze_y_embedder": False} if args.train_caption_projection
-             else {"freeze_y_embedder": True} if args.freeze_caption_projection else {})
+    extra = ({"freeze_y_embedder": args.freeze_caption_projection}
+             if args.train_caption_projection or args.freeze_caption_projection else {})
     cfg = stage1_config(out, args.steps, args.batch, args.init, args.vae, **extra)
     ckpt = out / "ckpt" / "last.pt"
     start = time.perf_counter()
