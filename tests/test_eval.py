@@ -121,6 +121,26 @@ def test_motion_direction_is_scored_only_where_the_object_was_found():
     assert (mg["hits"], mg["n"], mg["chance"]) == (1, 2, 0.2) and mg["p_value"] == pytest.approx(1 - 0.8 ** 2)
 
 
+def test_chance_table_tests_direction_among_found_objects_in_its_own_column():
+    """The table's last column is motion given colour found, against 1 in 5: 'object motion' can pass on colour alone
+    (8 of 8 colours found, 3 of 8 directions right: p = 0.2 against 1 in 5), and the new column must then not be
+    marked above chance."""
+    from opensora_lib.eval import scores
+
+    results = [{"color": 1, "motion": int(i < 3)} for i in range(8)]
+    control = {"color": 0.0, "object motion": 0.0,
+               "counts": {"color": {"hits": 0, "n": 40}, "object motion": {"hits": 0, "n": 40}}}
+    test = scores.above_chance(results, control)
+    assert test["object motion"]["above"]  # 3 hits against a control that never hit: passes
+    mg = {"m": scores.motion_given_object_found(results)}
+    table = scores.chance_table({"m": test}, mg)
+    header, _, row = table.splitlines()
+    assert header.endswith("| direction where colour found |") and row.count("|") == header.count("|")
+    last = row.rstrip(" |").rsplit("|", 1)[1]
+    assert "37.5% (3/8) vs 20.0%, p=0.203" in last and "**above**" not in last, row
+    assert "colour found" not in scores.chance_table({"m": test})  # without it: the old table
+
+
 def test_a_control_that_never_hit_does_not_make_one_hit_certain():
     """0 hits in 80 control pairs: the test's rate is (0 + 1) / (80 + 2), so 1 hit in 16 is not above chance."""
     from opensora_lib.eval import scores

@@ -383,12 +383,27 @@ def above_chance(results: list[dict], control: dict, alpha: float = 0.05) -> dic
     return out
 
 
-def chance_table(tests: dict[str, dict[str, dict]]) -> str:
-    """Markdown: one row per checkpoint, per semantic dimension 'rate (chance, p)' in percent."""
-    head = "| model | " + " | ".join(SEMANTIC_KEYS) + " |"
-    lines = [head, "|" + "---|" * (len(SEMANTIC_KEYS) + 1)]
+def chance_table(tests: dict[str, dict[str, dict]], given_found: dict[str, dict] | None = None,
+                 alpha: float = 0.05) -> str:
+    """Markdown: one row per checkpoint, per semantic dimension 'rate (chance, p)' in percent.
+
+    ``given_found`` ({label: `motion_given_object_found`}) adds a last column, the direction among the clips whose
+    object was found against 1 in 5: "object motion" needs the colour found too, so it can pass on colour alone."""
+    extra = ["direction where colour found"] if given_found is not None else []
+    head = "| model | " + " | ".join(list(SEMANTIC_KEYS) + extra) + " |"
+    lines = [head, "|" + "---|" * (len(SEMANTIC_KEYS) + len(extra) + 1)]
     for label, t in tests.items():
         cells = []
+        if given_found is not None:
+            m = given_found.get(label)
+            if not m or not m["n"]:
+                tail = ["-"]
+            else:
+                mark = " **above**" if m["p_value"] < alpha else ""
+                tail = [f"{100 * m['rate']:.1f}% ({m['hits']}/{m['n']}) vs {100 * m['chance']:.1f}%, "
+                        f"p={m['p_value']:.3g}{mark}"]
+        else:
+            tail = []
         for dim in SEMANTIC_KEYS:
             d = t[dim]
             if d["rate"] is None or d["chance"] is None:
@@ -397,7 +412,7 @@ def chance_table(tests: dict[str, dict[str, dict]]) -> str:
                 mark = " **above**" if d["above"] else ""
                 cells.append(f"{100 * d['rate']:.1f}% ({d['hits']}/{d['n']}) vs {100 * d['chance']:.1f}%, "
                              f"p={d['p_value']:.3g}{mark}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells + tail) + " |")
     return "\n".join(lines)
 
 
