@@ -256,6 +256,7 @@ class SampleConfig:
     camera_motion: str | None = None
     reference: list[str] | None = None  # per prompt: ';'-separated reference files ('' = none)
     mask_strategy: list[str] | None = None  # per prompt
+    negative_prompts: list[str] | None = None  # CFG's unconditional side: one for all or one per prompt ('' = null)
     loop: int = 1
     condition_frame_length: int = 5  # latent frames carried into the next loop
     condition_frame_edit: float = 0.0
@@ -283,7 +284,7 @@ class SampleConfig:
             raise SampleError(f"unknown output format(s) {bad}; valid: mp4, gif")
         if self.loop < 1 or self.steps < 1 or self.decode_chunk < 1:
             raise SampleError("loop, steps and decode_chunk must be >= 1")
-        for name in ("reference", "mask_strategy"):
+        for name in ("reference", "mask_strategy", "negative_prompts"):
             v = getattr(self, name)
             if v is not None and len(v) not in (1, len(self.prompts)):
                 raise SampleError(f"{name}: give one value or one per prompt ({len(self.prompts)})")
@@ -375,8 +376,9 @@ def generate(config: SampleConfig | dict) -> list[dict]:
         loops = [loop_prompt(segments, k) for k in range(cfg.loop)]
         loops = append_score_to_prompts(loops, cfg.aes, cfg.flow, cfg.camera_motion)
         refs = [r for r in ref.split(";") if r] if ref else []
+        negs = cfg.negative_prompts or [""]
         items.append({"index": i, "prompt": raw, "text": text, "loop_prompts": loops, "references": refs,
-                      "mask_strategy": ms})
+                      "mask_strategy": ms, "negative_prompt": negs[min(i, len(negs) - 1)] or ""})
     for it in items:  # fail on unreadable references before any heavy work
         for r in it["references"]:
             if not Path(r).is_file():
@@ -394,7 +396,7 @@ def generate(config: SampleConfig | dict) -> list[dict]:
     enc = build_text_encoder(cfg.text_encoder or train_cfg.get("text_encoder") or None,
                              cfg.text_encoder_path or train_cfg.get("text_encoder_path") or None, model_config,
                              device)
-    texts = sorted({p for it in items for p in it["loop_prompts"]})
+    texts = sorted({p for it in items for p in it["loop_prompts"] + [it["negative_prompt"]] if p})
     encoded = enc.encode(texts)
     text_states = {t: (encoded["y"][k].cpu(), encoded["mask"][k].cpu()) for k, t in enumerate(texts)}
     torch.save({"texts": texts, "y": encoded["y"].cpu(), "mask": encoded["mask"].cpu()}, stages / "text.pt")
@@ -438,10 +440,14 @@ def generate(config: SampleConfig | dict) -> list[dict]:
             z = torch.randn(1, vae.out_channels, T_lat, h_lat, w_lat, generator=gen).to(device)
             mask = apply_mask_strategy(z, [refs_x], [strategy], loop_i, align=cfg.align) if strategy else None
             y, y_mask = text_states[it["loop_prompts"][loop_i]]
+            # the unconditional side of CFG: the model's null caption, or the negative prompt's states and mask
+            y_null, y_null_mask = text_states.get(it["negative_prompt"], (None, None))
             args = {k: torch.tensor([float(v)], device=device) for k, v in
                     dict(height=height, width=width, num_frames=num_frames, fps=model_fps, ar=height / width).items()}
-            z = scheduler.sample(model, z, y[None].to(device), y_mask[None].to(device), None, args,
-                                 mask=None if mask is None else mask.to(device), progress=cfg.progress)
+            z = scheduler.sample(model, z, y[None].to(device), y_mask[None].to(device),
+                                 None if y_null is None else y_null[None].to(device), args,
+                                 mask=None if mask is None else mask.to(device), progress=cfg.progress,
+                                 y_null_mask=None if y_null_mask is None else y_null_mask[None].to(device))
             loops_z.append(z[0].cpu())
         path = stages / f"latents_{cfg.name}_{it['index']:04d}.pt"
         torch.save({"loops": loops_z, "mask_strategy": strategy}, path)
@@ -479,6 +485,7 @@ def generate(config: SampleConfig | dict) -> list[dict]:
             "settings": {k: v for k, v in asdict(cfg).items() if k not in ("prompts", "reference", "mask_strategy",
                                                                           "progress")},
             "references": it["references"], "mask_strategy": it["final_mask_strategy"],
+            "negative_prompt": it["negative_prompt"],
             "latents": str(path), "pixels": str(pixels), "model_weights": info.get("weights"),
         }
         stem.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")
@@ -537,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference file(s) for a prompt, ';'-separated; repeat once per prompt or give one for all")
     p.add_argument("--mask-strategy", action="append", default=None,
                    help="e.g. '0' (image-to-video); repeat once per prompt or give one for all")
+    p.add_argument("--negative-prompt", action="append", default=None,
+                   help="the unconditional side of CFG instead of the null caption; repeat once per prompt or give "
+                        "one for all ('' = the null caption)")
     p.add_argument("--loop", type=int, default=1)
     p.add_argument("--condition-frame-length", type=int, default=5)
     p.add_argument("--condition-frame-edit", type=float, default=0.0)
@@ -575,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         resolution=args.resolution, aspect_ratio=args.aspect_ratio, num_frames=args.num_frames, fps=args.fps,
         seed=args.seed, steps=args.steps, cfg=args.cfg, aes=args.aes, flow=args.flow,
         camera_motion=args.camera_motion, reference=args.reference, mask_strategy=args.mask_strategy,
+        negative_prompts=args.negative_prompt,
         loop=args.loop, condition_frame_length=args.condition_frame_length,
         condition_frame_edit=args.condition_frame_edit, align=args.align or None, weights=args.weights,
         text_encoder=args.text_encoder, text_encoder_path=args.text_encoder_path,

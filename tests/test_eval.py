@@ -394,6 +394,33 @@ def test_same_seed_gives_identical_files(tiny_ckpts, tmp_path):
     assert open(c[0]["files"][0], "rb").read() != open(a[0]["files"][0], "rb").read()
 
 
+def test_negative_prompt_steers_guidance_and_is_recorded(tiny_ckpts, tmp_path):
+    import torch
+
+    from opensora_lib.sample import generate
+
+    common = dict(prompts=[PROMPT], model=str(tiny_ckpts / "model.pt"), vae=str(tiny_ckpts / "vae.pt"), steps=2,
+                  num_frames=9, formats=("gif",))
+    negative = PROMPT.replace("right", "left")
+
+    def latents(**kw):
+        recs = generate({**common, "out": str(tmp_path / str(len(list(tmp_path.iterdir())))), **kw})
+        return recs[0], torch.load(recs[0]["latents"], weights_only=True)["loops"][0]
+
+    _, plain = latents(cfg=4.0)
+    rec, neg = latents(cfg=4.0, negative_prompts=[negative])
+    _, empty = latents(cfg=4.0, negative_prompts=[""])
+    assert not torch.allclose(plain, neg)  # the negative side of guidance is the prompt it names
+    assert torch.equal(plain, empty)  # '' keeps the model's null caption
+    assert rec["negative_prompt"] == negative
+    side = json.loads(Path(rec["files"][0]).with_suffix(".json").read_text())
+    assert side["negative_prompt"] == negative
+    # at guidance 1 only the conditional side counts: the negative prompt cannot change the result
+    _, c1 = latents(cfg=1.0)
+    _, n1 = latents(cfg=1.0, negative_prompts=[negative])
+    torch.testing.assert_close(c1, n1, atol=1e-6, rtol=0)
+
+
 def test_image_to_video_keeps_the_first_latent_and_extension_runs(tiny_ckpts, tmp_path):
     import torch
 
@@ -448,6 +475,8 @@ def test_bad_input_errors_list_the_choices(tiny_ckpts, tmp_path):
         generate({**base, "camera_motion": "spin"})
     with pytest.raises(SampleError, match="too few"):
         generate({**base, "loop": 2, "condition_frame_length": 5})
+    with pytest.raises(SampleError, match="negative_prompts: give one value or one per prompt"):
+        generate({**base, "prompts": [PROMPT] * 3, "negative_prompts": ["a", "b"]})
     assert main([PROMPT, "--model", base["model"], "--vae", base["vae"], "--resolution", "1080x"]) == 2
 
 
@@ -842,3 +871,12 @@ def test_toy_direction_runs_with_the_video_stages_settings():
     assert result["bf16"] and result["shift"] and result["ema"] == 0.99 and result["masks"]
     assert np.isfinite(result["final_loss"])
     assert result["left"]["n"] == result["right"]["n"] == 2
+
+
+def test_direction_contrast_reverses_only_the_named_objects_direction():
+    from benchmarks.direction_contrast import swap_first_direction
+
+    two = "A red square moves quickly down and a brown circle moves slowly left across a green background."
+    assert swap_first_direction(two) == two.replace("quickly down", "quickly up")
+    still = "A cyan triangle stays still on a pink and red dotted background. The camera pans left."
+    assert swap_first_direction(still) == still  # the camera's direction is not the object's

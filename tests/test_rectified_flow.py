@@ -163,6 +163,33 @@ def test_euler_steps_integrate_exactly_with_cfg():
     torch.testing.assert_close(out, z + 2.0, atol=1e-5, rtol=0)
 
 
+class MaskedMeanCaption(nn.Module):
+    """Velocity = the mean of the caption's valid tokens (per sample, broadcast): CFG's two sides, each read through
+    its own token mask, are visible in the result."""
+
+    def forward(self, x, t, y, mask=None, **kw):
+        y = y[:, 0]  # [2B, L, C]
+        m = torch.ones(y.shape[:2]) if mask is None else mask.float()  # [2B, L]
+        mean = (y.mean(-1) * m).sum(-1) / m.sum(-1)  # [2B]
+        v = mean.reshape(-1, 1, 1, 1, 1).expand_as(x)
+        return torch.cat([v, v], dim=1)
+
+
+def test_negative_prompt_replaces_the_null_caption_with_its_own_token_mask():
+    z = torch.zeros(1, 4, 2, 2, 2)
+    y = torch.full((1, 1, 4, 8), 1.0)
+    y_mask = torch.tensor([[1, 1, 0, 0]])
+    y_neg = torch.tensor([0.5, 0.5, 0.5, 9.0]).reshape(1, 1, 4, 1).expand(1, 1, 4, 8)
+    sampler = RFLOW(num_sampling_steps=4, cfg_scale=3.0, use_timestep_transform=False)
+    # the negative prompt's own mask keeps all 4 tokens: mean (0.5 * 3 + 9) / 4 = 2.625; v = 2.625 + 3 (1 - 2.625)
+    out = sampler.sample(MaskedMeanCaption(), z, y, y_mask, y_null=y_neg, progress=False,
+                         y_null_mask=torch.tensor([[1, 1, 1, 1]]))
+    torch.testing.assert_close(out, z + (2.625 + 3.0 * (1.0 - 2.625)), atol=1e-5, rtol=0)
+    # without it the prompt's mask applies to the negative side too (the null-caption rule): mean 0.5
+    out = sampler.sample(MaskedMeanCaption(), z, y, y_mask, y_null=y_neg, progress=False)
+    torch.testing.assert_close(out, z + (0.5 + 3.0 * (1.0 - 0.5)), atol=1e-5, rtol=0)
+
+
 def test_sampler_keeps_conditioning_frames_bit_exact():
     torch.manual_seed(0)
     model = STDiT3_Tiny_2().eval()

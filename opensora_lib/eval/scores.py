@@ -383,6 +383,14 @@ def above_chance(results: list[dict], control: dict, alpha: float = 0.05) -> dic
     return out
 
 
+def _chance_cell(d: dict, above: bool) -> str:
+    """One cell of `chance_table`: 'rate (hits/n) vs chance, p', or '-' where nothing was measured."""
+    if not d or d.get("rate") is None or d.get("chance") is None:
+        return "-"
+    mark = " **above**" if above else ""
+    return f"{100 * d['rate']:.1f}% ({d['hits']}/{d['n']}) vs {100 * d['chance']:.1f}%, p={d['p_value']:.3g}{mark}"
+
+
 def chance_table(tests: dict[str, dict[str, dict]], given_found: dict[str, dict] | None = None,
                  alpha: float = 0.05) -> str:
     """Markdown: one row per checkpoint, per semantic dimension 'rate (chance, p)' in percent.
@@ -393,26 +401,11 @@ def chance_table(tests: dict[str, dict[str, dict]], given_found: dict[str, dict]
     head = "| model | " + " | ".join(list(SEMANTIC_KEYS) + extra) + " |"
     lines = [head, "|" + "---|" * (len(SEMANTIC_KEYS) + len(extra) + 1)]
     for label, t in tests.items():
-        cells = []
+        cells = [_chance_cell(t[dim], t[dim].get("above", False)) for dim in SEMANTIC_KEYS]
         if given_found is not None:
-            m = given_found.get(label)
-            if not m or not m["n"]:
-                tail = ["-"]
-            else:
-                mark = " **above**" if m["p_value"] < alpha else ""
-                tail = [f"{100 * m['rate']:.1f}% ({m['hits']}/{m['n']}) vs {100 * m['chance']:.1f}%, "
-                        f"p={m['p_value']:.3g}{mark}"]
-        else:
-            tail = []
-        for dim in SEMANTIC_KEYS:
-            d = t[dim]
-            if d["rate"] is None or d["chance"] is None:
-                cells.append("-")
-            else:
-                mark = " **above**" if d["above"] else ""
-                cells.append(f"{100 * d['rate']:.1f}% ({d['hits']}/{d['n']}) vs {100 * d['chance']:.1f}%, "
-                             f"p={d['p_value']:.3g}{mark}")
-        lines.append(f"| {label} | " + " | ".join(cells + tail) + " |")
+            m = given_found.get(label) or {}
+            cells.append(_chance_cell(m, m.get("p_value") is not None and m["p_value"] < alpha))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

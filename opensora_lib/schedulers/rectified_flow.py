@@ -252,12 +252,14 @@ class RFLOW:
         mask: torch.Tensor | None = None,
         guidance_scale: float | None = None,
         progress: bool = True,
+        y_null_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Integrate from noise z [B, C, T, H, W] (t = 1000) to a clean latent (t = 0).
 
         y [B, 1, L, C_cap] caption states, y_mask [B, L] their token mask; y_null the unconditional
         caption [B, 1, L, C_cap] (default: the model's `y_embedding`, first L rows, with the same
-        token mask, as Open-Sora). additional_args: [B] tensors `height`, `width`, `num_frames`,
+        token mask, as Open-Sora; a negative prompt's states go here, with their own mask in
+        `y_null_mask` [B, L]). additional_args: [B] tensors `height`, `width`, `num_frames`,
         `fps` (and anything else the model takes).
 
         mask [B, T] float per latent frame: 1 = generate, 0 = keep the frame of z (a conditioning
@@ -276,8 +278,8 @@ class RFLOW:
         model_args = {k: (torch.cat([v, v]) if torch.is_tensor(v) and v.shape[:1] == (B,) else v)
                       for k, v in additional_args.items()}
         model_args["y"] = torch.cat([y, y_null])  # [2B, 1, L, C_cap]
-        if y_mask is not None:
-            model_args["mask"] = torch.cat([y_mask, y_mask])  # the null caption keeps the prompt's mask
+        if y_mask is not None:  # the null caption keeps the prompt's mask; a negative prompt has its own
+            model_args["mask"] = torch.cat([y_mask, y_mask if y_null_mask is None else y_null_mask.to(y_mask)])
 
         timesteps = sampling_timesteps(
             self.num_sampling_steps,
