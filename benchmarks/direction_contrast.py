@@ -7,20 +7,25 @@ trained checkpoint and scores them with the eval's detectors; resolution, length
 are read from `params/eval.yaml`. With `--negative swap` each prompt's unconditional side of classifier-free guidance
 is the same caption with the named (first) object's direction reversed: the caption-sensitivity probe's own swap
 (`opensora_lib.eval.sensitivity.swap_factor`), so guidance amplifies exactly the difference the probe measures;
-prompts whose object stays still keep the null caption. `--negative none` is the eval's own setting and reproduces its numbers.
+prompts whose object stays still keep the null caption. With `--negative still` the negative is the caption with the
+named object standing still (guidance then amplifies what the motion words add). `--negative none` is the eval's own
+setting and reproduces its numbers. Besides the direction it prints how far the found movers move
+(`scores.mover_speed`, px/frame; the world draws them at 0.8-1.6).
 
     python -m benchmarks.direction_contrast --negative swap --cfg 8
+    python -m benchmarks.direction_contrast --negative still --cfg 4
 """
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
-from opensora_lib.data.synthetic import heldout_captions, read_csv
+from opensora_lib.data.synthetic import heldout_captions, parse_caption, read_csv
 from opensora_lib.eval import scores
 from opensora_lib.eval.sensitivity import swap_factor
 from opensora_lib.sample import generate
@@ -32,9 +37,25 @@ def direction_negatives(prompts: list[str]) -> list[str]:
     return [swap_factor(q, "motion") or "" for q in prompts]
 
 
+def still_negatives(prompts: list[str]) -> list[str]:
+    """Per prompt, the caption with the named (first) object standing still ("on" for "across" when nothing moves
+    then), or '' where it already stays still."""
+    out = []
+    for q in prompts:
+        objects = parse_caption(q)["objects"]
+        obj = objects[0] if objects else None
+        m = re.search(rf"{obj['color']} {obj['shape']} moves (slowly|quickly) {obj['motion']}\b", q) if obj else None
+        if m is None:
+            out.append("")
+            continue
+        neg = q[:m.start()] + f"{obj['color']} {obj['shape']} stays still" + q[m.end():]
+        out.append(neg if " moves " in neg else neg.replace(" across ", " on ", 1))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--negative", choices=("none", "swap"), default="swap")
+    p.add_argument("--negative", choices=("none", "swap", "still"), default="swap")
     p.add_argument("--cfg", type=float, default=4.0)
     p.add_argument("--params", default="params/eval.yaml")
     p.add_argument("--model", default="checkpoints/train/stage3/last.pt")
@@ -47,7 +68,7 @@ def main() -> None:
     prompts = [r["text"] for r in rows if r["kind"] == "video"][: int(ev["num_prompts"])]
     world = json.loads((Path(ev["val_csv"]).parent / "world.json").read_text())
     prompts += heldout_captions(world, int(ev["heldout_prompts"]))
-    negatives = direction_negatives(prompts) if args.negative == "swap" else None
+    negatives = {"none": lambda q: None, "swap": direction_negatives, "still": still_negatives}[args.negative](prompts)
     t0 = time.perf_counter()
     records = generate(dict(prompts=prompts, model=args.model, vae=ev["vae_ckpt"],
                             out=f"{args.out}/{args.negative}_cfg{args.cfg:g}", name="heldout",
@@ -59,6 +80,7 @@ def main() -> None:
     results = scores.score_records(records)
     print(json.dumps({"negative": args.negative, "cfg": args.cfg, "colour": sum(r["color"] for r in results),
                       "prompts": len(results), "direction_where_colour_found": scores.motion_given_object_found(results),
+                      "movers": scores.mover_speed(results),
                       "seconds": round(time.perf_counter() - t0, 1)}))
 
 

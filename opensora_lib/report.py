@@ -112,8 +112,10 @@ SECTIONS: list[Section] = [
             "prompts' captions; above_chance.md, whose last column asks whether the object moves the captioned way where its "
             "colour was found, against 1 in 5). A probe of the denoiser itself compares its loss on real clips "
             "under the true caption and under one with a factor swapped (caption_sensitivity.md): does it use the "
-            "colour, the motion direction, the camera? The ceiling (vae_ceiling.md) is what the detectors read from "
-            "real clips at the generation's size after the VAE round trip. Image-to-video (image_to_video.md): the "
+            "colour, the motion direction (also per timestep), the camera? The ceiling (vae_ceiling.md) "
+            "is what the detectors read from real clips at the generation's size after the VAE round trip; "
+            "mover_speed.md, how far the objects the caption moves actually move, generated against real. "
+            "Image-to-video (image_to_video.md): the "
             "given frame is exact, the question is whether what follows continues it, at two guidance scales. The "
             "gallery shows generated clips."
         ),

@@ -361,6 +361,7 @@ def generate(config: SampleConfig | dict) -> list[dict]:
 
     # prompts: JSON parts, references, loops
     items = []
+    negatives = cfg.negative_prompts or [""]  # one per prompt ('' = the null caption), or one for all
     for i, raw in enumerate(cfg.prompts):
         text, extra = extract_json(raw)
         ref = extra.get("reference_path", (cfg.reference or [""])[min(i, len(cfg.reference or [""]) - 1)] or "")
@@ -376,9 +377,8 @@ def generate(config: SampleConfig | dict) -> list[dict]:
         loops = [loop_prompt(segments, k) for k in range(cfg.loop)]
         loops = append_score_to_prompts(loops, cfg.aes, cfg.flow, cfg.camera_motion)
         refs = [r for r in ref.split(";") if r] if ref else []
-        negs = cfg.negative_prompts or [""]
         items.append({"index": i, "prompt": raw, "text": text, "loop_prompts": loops, "references": refs,
-                      "mask_strategy": ms, "negative_prompt": negs[min(i, len(negs) - 1)] or ""})
+                      "mask_strategy": ms, "negative_prompt": negatives[min(i, len(negatives) - 1)] or ""})
     for it in items:  # fail on unreadable references before any heavy work
         for r in it["references"]:
             if not Path(r).is_file():

@@ -601,6 +601,44 @@ def test_caption_sensitivity_pairs_noise_so_a_caption_blind_model_scores_zero(ti
                                 progress=False)["color"]
     assert blind["n"] == 2 and blind["diff"] == 0.0 and blind["true_wins"] == 0 and blind["p_value"] == 1.0
     assert "true wins 0/2" in sensitivity_markdown({"blind": {"color": blind}})
+    assert [b["diff"] for b in blind["by_t"]] == [0.0] * 10
+
+
+def test_caption_sensitivity_by_timestep_finds_where_the_caption_is_read(tiny_ckpts, tmp_path):
+    """A model that reads the caption only at high noise (t >= 500) has a zero difference at every lower timestep and
+    its own differences above; the mean over the timesteps is the headline difference."""
+    import torch
+
+    from opensora_lib.eval.sensitivity import caption_sensitivity, sensitivity_by_t_markdown
+    from opensora_lib.models.text_encoder import MiniLMEncoder
+    from opensora_lib.models.vae import load_vae
+    from opensora_lib.sample import load_model
+
+    params = dict(seed=4, num_samples=3, still_fraction=0.0, min_frames=9, max_frames=10, max_duration=1.0,
+                  static_camera_fraction=0.0)
+    rows = syn.read_csv(syn.generate_dataset(tmp_path / "world", params, progress=False)["meta"])
+    model, _ = load_model(tiny_ckpts / "model.pt")
+
+    class ReadsCaptionAtHighNoise(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, timestep, y, mask=None, **kwargs):
+            if float(timestep.max()) < 500:
+                y, mask = torch.zeros_like(y), torch.ones_like(mask)
+            return self.inner(x, timestep, y, mask=mask, **kwargs)
+
+    res = caption_sensitivity(ReadsCaptionAtHighNoise(model), load_vae(tiny_ckpts / "vae.pt"),
+                              MiniLMEncoder(model_max_length=64), rows, factors=("color",), num_frames=9,
+                              progress=False)["color"]
+    by_t = res["by_t"]
+    assert [round(b["t"], 1) for b in by_t] == [90.9, 181.8, 272.7, 363.6, 454.5, 545.5, 636.4, 727.3, 818.2, 909.1]
+    assert all(b["diff"] == 0.0 and b["n"] == res["n"] == 3 for b in by_t[:5])
+    assert all(b["diff"] != 0.0 for b in by_t[5:])
+    assert np.isclose(np.mean([b["diff"] for b in by_t]), res["diff"], rtol=1e-9, atol=1e-12)
+    table = sensitivity_by_t_markdown({"m": {"color": res}}, factor="color")
+    assert "t=91" in table and "+0.0000 (0/3)" in table
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -639,8 +677,35 @@ def test_vae_ceiling_with_an_identity_vae_equals_the_real_clips_and_counts_every
     assert all(0 <= tiny["vae"][d]["hits"] <= tiny["vae"][d]["n"] for d in tiny["vae"])
     table = ceiling_markdown(tiny)
     assert table.count("\n") == 3 and "real, VAE round trip" in table
+    assert same["movers"]["raw"] == same["movers"]["vae"] and same["movers"]["raw"]["n"] >= 1
     with pytest.raises(ValueError, match="aspect ratio"):
         vae_ceiling(IdentityVAE(), rows, aspect_ratio="5:1", num_frames=9)
+
+
+def test_mover_speed_measures_progress_along_the_captioned_direction(clips):
+    """Hand-made results: speed and progress along the caption (negative: the other way), static share, and only
+    found, tracked, captioned movers count. On the world's own clips the movers go forward at about their drawn
+    speed, and a clip frozen on its first frame reads as not moving."""
+    from opensora_lib.eval import scores
+
+    def res(motion, v, color=1, detected=None):
+        return {"named": {"motion": motion}, "color": color, "velocity": v, "detected_motion": detected}
+
+    out = scores.mover_speed([res("right", [3.0, 4.0], detected="right"), res("up", [0.0, 2.0], detected="down"),
+                              res("left", [0.05, 0.0], detected="static"), res("static", [1.0, 0.0]),
+                              res("down", [0.0, 1.0], color=0), res("down", None)])
+    assert out["n"] == 3 and out["static_share"] == 1 / 3
+    assert out["median_speed"] == 2.0 and out["median_along"] == -0.05  # speeds 5, 2, 0.05; along 3, -2, -0.05
+    assert scores.mover_speed([]) == {"n": 0, "median_speed": None, "median_along": None, "static_share": None}
+    table = scores.mover_speed_markdown({"made": out, "none": scores.mover_speed([])})
+    assert "| made | 3 | 2.00 | -0.05 | 33% |" in table and "| none | 0 | - | - | - |" in table
+
+    movers = [(f, c, s) for f, c, s in clips if s.objects[0].motion in ("left", "right", "up", "down")]
+    real = scores.mover_speed([scores.semantic_result(f, c) for f, c, _ in movers])
+    drawn = float(np.median([s.objects[0].speed for _, _, s in movers]))
+    assert real["n"] >= len(movers) - 2 and 0.6 * drawn <= real["median_along"] <= 1.4 * drawn, (real, drawn)
+    frozen = scores.mover_speed([scores.semantic_result(np.repeat(f[:1], len(f), 0), c) for f, c, _ in movers])
+    assert frozen["static_share"] == 1.0 and abs(frozen["median_along"]) < 0.05, frozen
 
 
 def test_image_to_video_result_tells_a_continuation_from_a_cut(clips):
@@ -880,3 +945,15 @@ def test_direction_contrast_reverses_only_the_named_objects_direction():
     still = "A cyan triangle stays still on a pink and red dotted background. The camera pans left."
     # the camera's direction is not the object's: a still object keeps the null caption
     assert direction_negatives([two, still]) == [two.replace("quickly down", "quickly up"), ""]
+
+
+def test_still_negatives_stop_only_the_named_object():
+    from benchmarks.direction_contrast import still_negatives
+
+    two = "A red square moves quickly down and a brown circle moves slowly left across a green background."
+    one = "A white triangle moves quickly left across a blue and gray checkered background. The camera is static."
+    still = "A cyan triangle stays still on a pink and red dotted background. The camera pans left."
+    assert still_negatives([two, one, still]) == [
+        two.replace("moves quickly down", "stays still"),
+        "A white triangle stays still on a blue and gray checkered background. The camera is static.", ""]
+    assert syn.parse_caption(still_negatives([one])[0])["objects"][0]["motion"] == "static"

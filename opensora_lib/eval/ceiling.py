@@ -22,7 +22,7 @@ import torch
 from ..data.aspect import ratio_key
 from ..data.datasets import resize_crop, to_uint8
 from ..data.video_io import read_video
-from .scores import SEMANTIC_KEYS, semantic_counts, semantic_result
+from .scores import SEMANTIC_KEYS, mover_speed, semantic_counts, semantic_result
 
 
 @torch.no_grad()
@@ -30,7 +30,8 @@ def vae_ceiling(vae, rows: list[dict], resolution: str = "48px", aspect_ratio: s
                 progress: bool = True) -> dict:
     """Detector rates on the video rows of ``rows`` (CSV rows with "path", "text", "kind", "num_frames") that have at
     least ``num_frames`` frames: ``{"raw": {dim: {hits, n, rate}}, "vae": {...}, "clips": n, "size": [H, W],
-    "per_clip": [{"caption", "raw": {...}, "vae": {...}}]}`` (per clip: the semantic keys and the detected motion)."""
+    "per_clip": [{"caption", "raw": {...}, "vae": {...}}], "movers": {"raw": ..., "vae": ...}}`` (per clip: the
+    semantic keys and the detected motion; movers: `scores.mover_speed`, how far the captioned movers move)."""
     from tqdm.auto import tqdm
 
     from ..sample import resolution_table
@@ -53,7 +54,8 @@ def vae_ceiling(vae, rows: list[dict], resolution: str = "48px", aspect_ratio: s
             pair[name] = {k: res.get(k) for k in list(SEMANTIC_KEYS.values()) + ["detected_motion"]}
         per_clip.append({"caption": row["text"], **pair})
     return {"raw": semantic_counts(raw_results), "vae": semantic_counts(vae_results), "clips": len(clips),
-            "size": [height, width], "num_frames": int(num_frames), "per_clip": per_clip}
+            "size": [height, width], "num_frames": int(num_frames), "per_clip": per_clip,
+            "movers": {"raw": mover_speed(raw_results), "vae": mover_speed(vae_results)}}
 
 
 def ceiling_markdown(ceiling: dict) -> str:

@@ -418,3 +418,39 @@ def motion_given_object_found(results: list[dict], num_directions: int = 5) -> d
     k, n = sum(found), len(found)
     return {"hits": k, "n": n, "rate": k / n if n else None, "chance": 1.0 / num_directions,
             "p_value": binomial_tail(k, n, 1.0 / num_directions) if n else None}
+
+
+_UNIT = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}  # image axes: y down
+
+
+def mover_speed(results: list[dict]) -> dict:
+    """How far the named objects that the caption says move actually move, among the clips whose object was found
+    (colour vote passed) and tracked: ``n``, ``median_speed`` (px/frame of the detected own motion, any direction),
+    ``median_along`` (px/frame along the captioned direction: negative goes the other way) and ``static_share``
+    (share read as standing still). Separates "moves, but the wrong way" from "does not move": the world's movers go
+    0.8-1.6 px/frame (`params/data.yaml` object_speed), so the same numbers on real clips are the yardstick."""
+    along, speed, static = [], [], 0
+    for r in results:
+        named = r.get("named") or {}
+        if not r.get("color") or r.get("velocity") is None or named.get("motion") not in _UNIT:
+            continue
+        v = np.asarray(r["velocity"], dtype=np.float64)
+        speed.append(float(np.hypot(*v)))
+        along.append(float(v @ np.asarray(_UNIT[named["motion"]])))
+        static += r.get("detected_motion") == "static"
+    n = len(speed)
+    return {"n": n, "median_speed": float(np.median(speed)) if n else None,
+            "median_along": float(np.median(along)) if n else None, "static_share": static / n if n else None}
+
+
+def mover_speed_markdown(rows: dict[str, dict]) -> str:
+    """``{label: mover_speed(...)}`` as a markdown table (px/frame)."""
+    lines = ["| clips | movers found | median speed (px/frame) | median along the caption (px/frame) | read as still |",
+             "|---|---|---|---|---|"]
+    for label, m in rows.items():
+        if not m["n"]:
+            lines.append(f"| {label} | 0 | - | - | - |")
+            continue
+        lines.append(f"| {label} | {m['n']} | {m['median_speed']:.2f} | {m['median_along']:+.2f} | "
+                     f"{100 * m['static_share']:.0f}% |")
+    return "\n".join(lines)

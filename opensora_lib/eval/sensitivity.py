@@ -10,7 +10,8 @@ ignores the factor scores the same either way.
 Per clip the true and the swapped caption see the same latents, timesteps (the eval loss's 10 equidistant ones) and
 noise, so the difference is paired. Reported per factor: the mean losses, the mean difference (swapped - true) and
 its standard error, the clips where the true caption wins, and a one-sided sign test (`scores.binomial_tail` at
-1/2). Swaps: colour -> the next palette colour the caption does not use; motion left <-> right, up <-> down (clips
+1/2); and the same difference per timestep (``by_t``: does the preference hold where sampling decides the layout,
+at high noise, or only near the clean clip?). Swaps: colour -> the next palette colour the caption does not use; motion left <-> right, up <-> down (clips
 whose first object moves); camera pans / tilts / zooms to the opposite direction (clips with a moving camera).
 """
 
@@ -63,22 +64,32 @@ def swap_factor(caption: str, factor: str) -> str | None:
 
 
 @torch.no_grad()
-def _clip_losses(model, x: torch.Tensor, states: list[dict], fps: float, seed: int) -> list[float]:
-    """Eval loss of one clip's latents ``x [1, C, T, h, w]`` under each caption encoding (same noise)."""
+def _clip_losses(model, x: torch.Tensor, states: list[dict], fps: float, seed: int) -> list[list[float]]:
+    """Eval loss of one clip's latents ``x [1, C, T, h, w]`` under each caption encoding (same noise), per timestep
+    of `EVAL_TIMESTEPS`: ``[caption][timestep]``."""
     scheduler = RFlowScheduler()
-    _, _, _, h, w = x.shape
     out = []
     for enc in states:
         gen = torch.Generator().manual_seed(seed)
-        total = 0.0
+        per_t = []
         for t in EVAL_TIMESTEPS:
             noise = torch.randn(x.shape, generator=gen)
             kwargs = {"y": enc["y"].float(), "mask": enc["mask"], "height": enc["height"], "width": enc["width"],
                       "num_frames": enc["num_frames"], "ar": enc["ar"], "fps": torch.tensor([fps])}
-            total += float(scheduler.training_losses(model, x, kwargs, noise=noise, t=torch.tensor([float(t)]))
-                           ["loss"].sum())
-        out.append(total / len(EVAL_TIMESTEPS))
+            per_t.append(float(scheduler.training_losses(model, x, kwargs, noise=noise, t=torch.tensor([float(t)]))
+                               ["loss"].sum()))
+        out.append(per_t)
     return out
+
+
+def _paired_stats(true: np.ndarray, swapped: np.ndarray) -> dict:
+    """Mean losses, mean difference (swapped - true) with its standard error, true-caption wins and sign test."""
+    diff = swapped - true
+    n = len(diff)
+    wins = int((diff > 0).sum())
+    return {"n": n, "loss_true": float(true.mean()), "loss_swapped": float(swapped.mean()), "diff": float(diff.mean()),
+            "diff_se": float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else None, "true_wins": wins,
+            "p_value": binomial_tail(wins, n, 0.5)}
 
 
 @torch.no_grad()
@@ -86,15 +97,16 @@ def caption_sensitivity(model, vae, text_encoder, rows: list[dict], factors=FACT
                         num_frames: int = 17, seed: int = 42, progress: bool = True) -> dict:
     """The probe on the clips of ``rows`` (CSV rows with "path", "text", "fps", "height", "width") that have at least
     ``num_frames`` frames, each resized / cropped to ``resolution`` at its closest aspect ratio.
-    Returns ``{factor: {"n", "loss_true", "loss_swapped", "diff", "diff_se", "true_wins", "p_value"}}`` (n = 0 and
-    None values when no clip states the factor)."""
+    Returns ``{factor: {"n", "loss_true", "loss_swapped", "diff", "diff_se", "true_wins", "p_value", "by_t"}}``:
+    the first seven over the mean loss of the 10 timesteps, ``by_t`` the list of the same seven plus "t" per timestep
+    (n = 0, None values and an empty ``by_t`` when no clip states the factor)."""
     from tqdm.auto import tqdm
 
     from ..sample import resolution_table
 
     table = resolution_table(resolution)
     model = model.eval()
-    pairs: dict[str, list[tuple[float, float]]] = {f: [] for f in factors}
+    pairs: dict[str, list[tuple[list[float], list[float]]]] = {f: [] for f in factors}
     clips = [r for r in rows if int(r["num_frames"]) >= num_frames]
     for row in tqdm(clips, desc="caption sensitivity", disable=not progress):
         swaps = {f: swap_factor(row["text"], f) for f in factors}
@@ -115,17 +127,15 @@ def caption_sensitivity(model, vae, text_encoder, rows: list[dict], factors=FACT
             pairs[f].append((losses[0], losses[k + 1]))
     out = {}
     for f in factors:
-        arr = np.asarray(pairs[f], dtype=np.float64).reshape(-1, 2)
-        n = len(arr)
-        if n == 0:
+        arr = np.asarray(pairs[f], dtype=np.float64).reshape(-1, 2, len(EVAL_TIMESTEPS))  # [clip, true/swapped, t]
+        if len(arr) == 0:
             out[f] = {"n": 0, "loss_true": None, "loss_swapped": None, "diff": None, "diff_se": None,
-                      "true_wins": 0, "p_value": None}
+                      "true_wins": 0, "p_value": None, "by_t": []}
             continue
-        diff = arr[:, 1] - arr[:, 0]
-        wins = int((diff > 0).sum())
-        out[f] = {"n": n, "loss_true": float(arr[:, 0].mean()), "loss_swapped": float(arr[:, 1].mean()),
-                  "diff": float(diff.mean()), "diff_se": float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
-                  "true_wins": wins, "p_value": binomial_tail(wins, n, 0.5)}
+        mean_t = arr.mean(axis=2)  # [clip, 2]: the loss averaged over the timesteps
+        out[f] = _paired_stats(mean_t[:, 0], mean_t[:, 1])
+        out[f]["by_t"] = [{"t": float(t), **_paired_stats(arr[:, 0, j], arr[:, 1, j])}
+                          for j, t in enumerate(EVAL_TIMESTEPS)]
     return out
 
 
@@ -140,5 +150,19 @@ def sensitivity_markdown(results: dict[str, dict]) -> str:
             cells.append("-" if not r["n"] else
                          f"{r['diff']:+.4f} ± {r['diff_se'] or 0:.4f}, true wins {r['true_wins']}/{r['n']}, "
                          f"p={r['p_value']:.3g}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sensitivity_by_t_markdown(results: dict[str, dict], factor: str = "motion") -> str:
+    """One factor's difference (swapped - true) per timestep of ``{checkpoint: caption_sensitivity(...)}``, a row per
+    checkpoint: "diff (true wins / n)" under each t (t = 1000 is pure noise)."""
+    ts = next((r[factor]["by_t"] for r in results.values() if r.get(factor, {}).get("by_t")), [])
+    if not ts:
+        return f"(no clip states the {factor})"
+    lines = ["| model | " + " | ".join(f"t={b['t']:.0f}" for b in ts) + " |", "|---" * (len(ts) + 1) + "|"]
+    for name, res in results.items():
+        by_t = res.get(factor, {}).get("by_t") or []
+        cells = [f"{b['diff']:+.4f} ({b['true_wins']}/{b['n']})" for b in by_t] or ["-"] * len(ts)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
