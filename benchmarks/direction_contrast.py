@@ -18,16 +18,15 @@ setting and reproduces its numbers. Besides the direction it prints how far the 
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
-from opensora_lib.data.synthetic import heldout_captions, parse_caption, read_csv
+from opensora_lib.data.synthetic import heldout_captions, read_csv
 from opensora_lib.eval import scores
-from opensora_lib.eval.sensitivity import swap_factor
+from opensora_lib.eval.sensitivity import still_caption, swap_factor
 from opensora_lib.sample import generate
 
 
@@ -38,19 +37,9 @@ def direction_negatives(prompts: list[str]) -> list[str]:
 
 
 def still_negatives(prompts: list[str]) -> list[str]:
-    """Per prompt, the caption with the named (first) object standing still ("on" for "across" when nothing moves
-    then), or '' where it already stays still."""
-    out = []
-    for q in prompts:
-        objects = parse_caption(q)["objects"]
-        obj = objects[0] if objects else None
-        m = re.search(rf"{obj['color']} {obj['shape']} moves (slowly|quickly) {obj['motion']}\b", q) if obj else None
-        if m is None:
-            out.append("")
-            continue
-        neg = q[:m.start()] + f"{obj['color']} {obj['shape']} stays still" + q[m.end():]
-        out.append(neg if " moves " in neg else neg.replace(" across ", " on ", 1))
-    return out
+    """Per prompt, the caption with the named (first) object standing still (`sensitivity.still_caption`), or ''
+    where it already stays still."""
+    return [still_caption(q) or "" for q in prompts]
 
 
 def main() -> None:
@@ -68,7 +57,8 @@ def main() -> None:
     prompts = [r["text"] for r in rows if r["kind"] == "video"][: int(ev["num_prompts"])]
     world = json.loads((Path(ev["val_csv"]).parent / "world.json").read_text())
     prompts += heldout_captions(world, int(ev["heldout_prompts"]))
-    negatives = {"none": lambda q: None, "swap": direction_negatives, "still": still_negatives}[args.negative](prompts)
+    negatives = None if args.negative == "none" else \
+        {"swap": direction_negatives, "still": still_negatives}[args.negative](prompts)
     t0 = time.perf_counter()
     records = generate(dict(prompts=prompts, model=args.model, vae=ev["vae_ckpt"],
                             out=f"{args.out}/{args.negative}_cfg{args.cfg:g}", name="heldout",

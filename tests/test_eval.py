@@ -682,6 +682,20 @@ def test_vae_ceiling_with_an_identity_vae_equals_the_real_clips_and_counts_every
         vae_ceiling(IdentityVAE(), rows, aspect_ratio="5:1", num_frames=9)
 
 
+def test_motion_by_group_splits_the_direction_among_found_objects():
+    from opensora_lib.eval import scores
+
+    def res(group, motion, color=1):
+        return {"group": group, "motion": motion, "color": color}
+
+    results = [res("a", 1), res("a", 0), res("a", 1, color=0), res("b", 1), res("b", None), res(None, 1)]
+    split = scores.motion_by_group(results, ("a", "b", "c"), lambda r: r["group"])
+    assert [(g, m["hits"], m["n"]) for g, m in split.items()] == [("a", 1, 2), ("b", 1, 1), ("c", 0, 0)]
+    assert split["a"] == scores.motion_given_object_found(results[:3])
+    line = scores.split_line(split)
+    assert line.startswith("a: 1/2 (p = ") and line.endswith("; c: 0/0") and "b: 1/1 (p = 0.2)" in line
+
+
 def test_mover_speed_measures_progress_along_the_captioned_direction(clips):
     """Hand-made results: speed and progress along the caption (negative: the other way), static share, and only
     found, tracked, captioned movers count. On the world's own clips the movers go forward at about their drawn

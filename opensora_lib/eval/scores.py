@@ -420,6 +420,19 @@ def motion_given_object_found(results: list[dict], num_directions: int = 5) -> d
             "p_value": binomial_tail(k, n, 1.0 / num_directions) if n else None}
 
 
+
+def motion_by_group(results: list[dict], groups: tuple[str, ...], group_of) -> dict[str, dict]:
+    """`motion_given_object_found` per group: ``group_of(result)`` names each result's group (None: left out),
+    e.g. the prompt's camera or whether the caption moves the object. ``{group: {...}}`` in the order of ``groups``."""
+    labels = [group_of(r) for r in results]
+    return {g: motion_given_object_found([r for r, lab in zip(results, labels) if lab == g]) for g in groups}
+
+
+def split_line(split: dict[str, dict]) -> str:
+    """``motion_by_group(...)`` as one line: "group: hits/n (p = ...); ..."."""
+    return "; ".join(f"{g}: {m['hits']}/{m['n']}" + (f" (p = {m['p_value']:.3g})" if m["n"] else "")
+                     for g, m in split.items())
+
 _UNIT = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}  # image axes: y down
 
 

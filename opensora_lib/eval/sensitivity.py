@@ -55,12 +55,30 @@ def swap_factor(caption: str, factor: str) -> str | None:
         new = next(c for c in list(PALETTE)[list(PALETTE).index(obj["color"]) + 1:] + list(PALETTE)
                    if c not in used)
         return caption.replace(noun, f"{new} {obj['shape']}", 1)
-    if obj["motion"] not in _OPPOSITE:
-        return None
-    m = re.search(rf"{noun} moves (\w+) {obj['motion']}\b", caption)
+    m = _named_motion(caption, obj)
     if m is None:
         return None
     return caption[:m.start()] + f"{noun} moves {m.group(1)} {_OPPOSITE[obj['motion']]}" + caption[m.end():]
+
+
+def _named_motion(caption: str, obj: dict) -> re.Match | None:
+    """Where ``caption`` says that its parsed object ``obj`` moves ("red circle moves quickly left"; group 1 the
+    pace), or None when the object stays still."""
+    if obj["motion"] not in _OPPOSITE:
+        return None
+    return re.search(rf"{obj['color']} {obj['shape']} moves (\w+) {obj['motion']}\b", caption)
+
+
+def still_caption(caption: str) -> str | None:
+    """``caption`` with its first named object standing still ("across" becomes "on" when nothing moves then), or
+    None when it names no moving object."""
+    objects = parse_caption(caption)["objects"]
+    m = _named_motion(caption, objects[0]) if objects else None
+    if m is None:
+        return None
+    obj = objects[0]
+    out = caption[:m.start()] + f"{obj['color']} {obj['shape']} stays still" + caption[m.end():]
+    return out if " moves " in out else out.replace(" across ", " on ", 1)
 
 
 @torch.no_grad()
